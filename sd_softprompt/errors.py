@@ -1,0 +1,35 @@
+"""Typed errors. Each message is one line that says what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class SoftPromptError(Exception):
+    """Base class: a user-facing problem (bad file, bad input). The CLI prints it and exits 2."""
+
+
+class FormatError(SoftPromptError):
+    """A file that cannot be read as a soft prompt: unknown layout, truncated, corrupt."""
+
+
+class UnsafeFileError(FormatError):
+    """A pickle that tries to import or call code. Nothing from it was run."""
+
+
+class InvalidVectorsError(FormatError):
+    """Tensors that are not usable vectors: wrong rank, not floating, non-finite, all zero, too many."""
+
+
+class WidthMismatchError(SoftPromptError):
+    """A vector width that does not match the text encoder it is meant for."""
+
+
+class TokenCollisionError(SoftPromptError):
+    """Placeholder tokens already present in a tokenizer."""
+
+
+class UnsupportedPipelineError(SoftPromptError):
+    """A pipeline of a family this package does not know."""
+
+
+class ConfigError(SoftPromptError):
+    """Bad training or generation settings (missing target, empty image folder, unwritable output...)."""
