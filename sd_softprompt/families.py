@@ -1,0 +1,189 @@
+"""Model families: the one place that knows how SD 1.x/2.x, SDXL and Flux differ.
+
+A `Family` says which text encoders a pipeline has (and the soft prompt file key of each), how the
+pipeline turns prompts into the conditioning its denoiser consumes, how to call that denoiser, and what
+the denoiser is trained to predict. Everything else in the package is written against this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .errors import UnsupportedPipelineError
+
+Cond = dict[str, torch.Tensor]  # "states": [B, L, D] token states; "pooled": [B, P] when the family has one
+
+
+@dataclass(frozen=True)
+class Encoder:
+    key: str  # tensor key in the soft prompt file (ComfyUI / A1111 convention)
+    tokenizer: str  # pipeline attribute names
+    text_encoder: str
+    real_width: int  # width on the real checkpoints, for messages
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    title: str
+    encoders: tuple[Encoder, ...]
+    encode: Callable[[Any, list[str]], Cond]  # (pipe, prompts) -> conditioning, differentiable
+    predict: Callable[[Any, torch.Tensor, torch.Tensor, Cond], torch.Tensor]  # (pipe, x_t, t, cond) -> output
+    latent_shape: Callable[[Any, int, int], tuple[int, ...]]  # (pipe, height, width) -> one sample's latent
+    objective: str  # "epsilon" / "v_prediction" (read from the scheduler) or "flow"
+    pooled_from: str | None  # text_encoder attribute whose pooled output conditions the denoiser
+
+    def encoder(self, key: str) -> Encoder:
+        return next(e for e in self.encoders if e.key == key)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(e.key for e in self.encoders)
+
+
+# ---------------------------------------------------------------- prompt encoding, as the pipelines do it
+def _encode_sd(pipe, prompts: list[str]) -> Cond:
+    states, _ = pipe.encode_prompt(prompts, pipe.text_encoder.device, 1, False)
+    return {"states": states}
+
+
+def _encode_sdxl(pipe, prompts: list[str]) -> Cond:
+    states, _, pooled, _ = pipe.encode_prompt(
+        prompt=prompts, device=pipe.text_encoder_2.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
+    return {"states": states, "pooled": pooled}
+
+
+# Flux's default is 512 T5 positions; the padding states after the prompt are what they are, so a
+# shorter window gives the same prompt states for prompts that fit (and is what people use for speed).
+FLUX_MAX_SEQUENCE_LENGTH = 512
+
+
+def _encode_flux(pipe, prompts: list[str]) -> Cond:
+    msl = min(FLUX_MAX_SEQUENCE_LENGTH, pipe.tokenizer_2.model_max_length)
+    states, pooled, _ = pipe.encode_prompt(
+        prompt=prompts, prompt_2=None, device=pipe.text_encoder_2.device, max_sequence_length=msl
+    )
+    return {"states": states, "pooled": pooled}
+
+
+# ---------------------------------------------------------------- denoisers
+def _predict_sd(pipe, x_t, t, cond: Cond):
+    return pipe.unet(x_t, t, encoder_hidden_states=cond["states"].to(x_t.dtype)).sample
+
+
+def _predict_sdxl(pipe, x_t, t, cond: Cond):
+    h, w = (s * pipe.vae_scale_factor for s in x_t.shape[-2:])
+    # (original size, crop top-left, target size), as the pipeline builds them for an uncropped image
+    time_ids = torch.tensor([h, w, 0, 0, h, w], device=x_t.device, dtype=x_t.dtype).repeat(x_t.shape[0], 1)
+    added = {"text_embeds": cond["pooled"].to(x_t.dtype), "time_ids": time_ids}
+    return pipe.unet(x_t, t, encoder_hidden_states=cond["states"].to(x_t.dtype), added_cond_kwargs=added).sample
+
+
+FLUX_GUIDANCE = 3.5  # the pipeline's default guidance for guidance-distilled (dev) checkpoints
+
+
+def _predict_flux(pipe, x_t, t, cond: Cond):
+    """x_t: unpacked latents [B, C, h, w]; t: sigmas in [0, 1]. Returns the velocity, unpacked."""
+    b, c, h, w = x_t.shape
+    packed = pipe._pack_latents(x_t, b, c, h, w)
+    img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, x_t.device, x_t.dtype)
+    states = cond["states"].to(x_t.dtype)
+    txt_ids = torch.zeros(states.shape[1], 3, device=x_t.device, dtype=x_t.dtype)
+    guidance = None
+    if pipe.transformer.config.guidance_embeds:
+        guidance = torch.full((b,), FLUX_GUIDANCE, device=x_t.device, dtype=torch.float32)
+    out = pipe.transformer(
+        hidden_states=packed,
+        timestep=t.to(x_t.dtype),
+        guidance=guidance,
+        pooled_projections=cond["pooled"].to(x_t.dtype),
+        encoder_hidden_states=states,
+        txt_ids=txt_ids,
+        img_ids=img_ids,
+        return_dict=False,
+    )[0]
+    return pipe._unpack_latents(out, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor, pipe.vae_scale_factor)
+
+
+def _unet_latent(pipe, height: int, width: int):
+    return (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+
+
+def _flux_latent(pipe, height: int, width: int):
+    # Flux packs 2x2 latent patches, so the latent grid must be even.
+    f = pipe.vae_scale_factor * 2
+    return (pipe.transformer.config.in_channels // 4, 2 * (height // f), 2 * (width // f))
+
+
+CLIP_L = Encoder("clip_l", "tokenizer", "text_encoder", 768)
+
+FAMILIES: dict[str, Family] = {
+    "sd1": Family("sd1", "Stable Diffusion 1.x", (CLIP_L,), _encode_sd, _predict_sd, _unet_latent, "scheduler", None),
+    "sd2": Family(
+        "sd2",
+        "Stable Diffusion 2.x",
+        (Encoder("clip_h", "tokenizer", "text_encoder", 1024),),
+        _encode_sd,
+        _predict_sd,
+        _unet_latent,
+        "scheduler",
+        None,
+    ),
+    "sdxl": Family(
+        "sdxl",
+        "Stable Diffusion XL",
+        (CLIP_L, Encoder("clip_g", "tokenizer_2", "text_encoder_2", 1280)),
+        _encode_sdxl,
+        _predict_sdxl,
+        _unet_latent,
+        "scheduler",
+        "text_encoder_2",
+    ),
+    "flux": Family(
+        "flux",
+        "Flux",
+        (CLIP_L, Encoder("t5xxl", "tokenizer_2", "text_encoder_2", 4096)),
+        _encode_flux,
+        _predict_flux,
+        _flux_latent,
+        "flow",
+        "text_encoder",
+    ),
+}
+
+# Pipeline class name -> family. SD 1.x and 2.x share a class; the text encoder tells them apart.
+_PIPELINES = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionImg2ImgPipeline": "sd",
+    "StableDiffusionInpaintPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+    "StableDiffusionXLInpaintPipeline": "sdxl",
+    "FluxPipeline": "flux",
+    "FluxImg2ImgPipeline": "flux",
+    "FluxInpaintPipeline": "flux",
+}
+
+
+def detect_family(pipe) -> Family:
+    """The family of a diffusers pipeline, from its class (and, for SD, its text encoder)."""
+    name = type(pipe).__name__
+    kind = _PIPELINES.get(name)
+    if kind is None:
+        supported = ", ".join(f"{f.title} ({f.name})" for f in FAMILIES.values())
+        raise UnsupportedPipelineError(f"{name} is not supported; supported families: {supported}")
+    if kind == "sd":
+        # OpenCLIP-H (SD 2.x) uses gelu; OpenAI CLIP-L (SD 1.x) uses quick_gelu.
+        kind = "sd2" if pipe.text_encoder.config.hidden_act == "gelu" else "sd1"
+    return FAMILIES[kind]
+
+
+def prediction_type(pipe, family: Family) -> str:
+    """What the denoiser predicts: 'epsilon', 'v_prediction' (from the scheduler config) or 'flow'."""
+    if family.objective == "flow":
+        return "flow"
+    return pipe.scheduler.config.get("prediction_type", "epsilon")

@@ -1,0 +1,209 @@
+"""Load soft prompts into a diffusers pipeline's tokenizer(s) and text encoder(s), and take them out again.
+
+Each vector becomes one added token in the tokenizer and one row in the matching encoder's input
+embedding table, so `pipe("[v1][v2][v3] mountain view")` works with the pipeline's own prompt encoding.
+What was there before the first load is remembered, so unloading restores the tokenizer and the table
+exactly, and nothing in the pipeline is touched when a load is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import TokenCollisionError, WidthMismatchError
+from .families import Encoder, Family, detect_family
+from .format import UNASSIGNED, SoftPrompt
+
+_STATE_ATTR = "_sd_softprompt_state"
+
+
+@dataclass
+class _EncoderState:
+    """What one tokenizer/encoder pair looked like before the first soft token went in."""
+
+    tokenizer: object  # a deep copy, restored in place on unload
+    rows: int  # embedding rows before loading
+    saved_rows: dict[int, torch.Tensor] = field(default_factory=dict)  # spare rows we overwrote (T5 has some)
+    eos_patches: list[tuple[nn.Module, int]] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)  # loaded tokens, in load order
+
+
+def _states(pipe) -> dict[str, _EncoderState]:
+    if not hasattr(pipe, _STATE_ATTR):
+        # object.__setattr__: diffusers pipelines treat attribute assignment as config registration.
+        object.__setattr__(pipe, _STATE_ATTR, {})
+    return getattr(pipe, _STATE_ATTR)
+
+
+def loaded_tokens(pipe) -> list[str]:
+    """The soft tokens currently loaded into `pipe`, in load order."""
+    seen: dict[str, None] = {}
+    for state in _states(pipe).values():
+        seen.update(dict.fromkeys(state.tokens))
+    return list(seen)
+
+
+def encoder_width(pipe, encoder: Encoder) -> int:
+    return getattr(pipe, encoder.text_encoder).get_input_embeddings().weight.shape[1]
+
+
+def assign_encoders(pipe, family: Family, soft: SoftPrompt, source: str = "soft prompt") -> list[tuple[Encoder, torch.Tensor]]:
+    """Match each of the soft prompt's tensors to one of the pipeline's encoders, checking widths.
+
+    A single-tensor file (diffusers, A1111, kohya...) does not say which encoder it is for: it goes to the
+    encoder of the same width.
+    """
+    widths = {e.key: encoder_width(pipe, e) for e in family.encoders}
+    described = ", ".join(f"{e.key} ({e.text_encoder}) {widths[e.key]}" for e in family.encoders)
+    pairs = []
+    for key, vectors in soft.vectors.items():
+        width = vectors.shape[-1]
+        if key == UNASSIGNED or (len(soft.vectors) == 1 and key not in widths):
+            match = [e for e in family.encoders if widths[e.key] == width]
+            if not match:
+                raise WidthMismatchError(
+                    f"{source}: its vectors are {width} wide but the {family.name} pipeline's encoders are "
+                    f"{described}; the file was probably trained for another model family"
+                )
+            pairs.append((match[0], vectors))
+        elif key not in widths:
+            raise WidthMismatchError(
+                f"{source}: it has vectors for {key}, which a {family.name} pipeline does not have "
+                f"(its encoders: {described}); the file was trained for another model family ({soft.family})"
+            )
+        elif widths[key] != width:
+            raise WidthMismatchError(
+                f"{source}: {key} vectors are {width} wide but this pipeline's {family.encoder(key).text_encoder} "
+                f"is {widths[key]} wide; the file was probably trained for another model family ({soft.family})"
+            )
+        else:
+            pairs.append((family.encoder(key), vectors))
+    return pairs
+
+
+def _patch_pooled_eos(text_encoder: nn.Module, eos_id: int) -> list[tuple[nn.Module, int]]:
+    """Make CLIP take its pooled output at the first end-of-text token, not at argmax(input_ids).
+
+    Real SD/SDXL text encoder configs carry the legacy eos_token_id = 2, with which transformers pools at the
+    highest token id: an added soft token, whose id is above end-of-text. With the real id it pools at the
+    first end-of-text position, which is right for both end-of-text and "!" padding.
+    """
+    patched = []
+    for module in text_encoder.modules():
+        if getattr(module, "eos_token_id", None) == 2 and eos_id != 2:
+            patched.append((module, module.eos_token_id))
+            module.eos_token_id = eos_id
+    return patched
+
+
+def _set_rows(text_encoder: nn.Module, weight: torch.Tensor) -> None:
+    old = text_encoder.get_input_embeddings()
+    new = nn.Embedding(weight.shape[0], weight.shape[1], padding_idx=old.padding_idx, device=weight.device, dtype=weight.dtype)
+    new.weight.data = weight
+    new.weight.requires_grad_(old.weight.requires_grad)
+    text_encoder.set_input_embeddings(new)
+    text_encoder.config.vocab_size = weight.shape[0]
+
+
+def _add(pipe, encoder: Encoder, tokens: list[str], vectors: torch.Tensor) -> None:
+    tokenizer = getattr(pipe, encoder.tokenizer)
+    text_encoder = getattr(pipe, encoder.text_encoder)
+    states = _states(pipe)
+    weight = text_encoder.get_input_embeddings().weight.data
+    if encoder.key not in states:
+        states[encoder.key] = _EncoderState(tokenizer=copy.deepcopy(tokenizer), rows=weight.shape[0])
+        if tokenizer.eos_token_id is not None:
+            states[encoder.key].eos_patches = _patch_pooled_eos(text_encoder, tokenizer.eos_token_id)
+    state = states[encoder.key]
+
+    tokenizer.add_tokens(tokens)
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    if max(ids) >= weight.shape[0]:
+        weight = torch.cat([weight, weight.new_zeros(max(ids) + 1 - weight.shape[0], weight.shape[1])])
+    else:
+        weight = weight.clone()
+    for i in ids:
+        if i < state.rows and i not in state.saved_rows:
+            state.saved_rows[i] = weight[i].clone()
+    weight[ids] = vectors.to(device=weight.device, dtype=weight.dtype)
+    _set_rows(text_encoder, weight)
+    state.tokens += tokens
+
+
+def _reset(pipe, encoder: Encoder, state: _EncoderState) -> None:
+    tokenizer = getattr(pipe, encoder.tokenizer)
+    # In place, so that references the caller holds to the tokenizer see the restored one.
+    tokenizer.__dict__.clear()
+    tokenizer.__dict__.update(copy.deepcopy(state.tokenizer).__dict__)
+    text_encoder = getattr(pipe, encoder.text_encoder)
+    weight = text_encoder.get_input_embeddings().weight.data[: state.rows].clone()
+    for i, row in state.saved_rows.items():
+        weight[i] = row
+    _set_rows(text_encoder, weight)
+    for module, value in state.eos_patches:
+        module.eos_token_id = value
+
+
+def load_soft_prompt(pipe, source: SoftPrompt | str | os.PathLike, tokens: list[str] | None = None, *, replace: bool = False) -> list[str]:
+    """Register a soft prompt's tokens in every text encoder it has vectors for; return the tokens.
+
+    `source` is a file (any format `SoftPrompt.load` reads) or a `SoftPrompt`. `tokens` overrides the
+    placeholder names (default: those stored in the file, `[v1]..[vN]`). Tokens already present are refused
+    unless `replace=True` and they were loaded by this package.
+    """
+    name = str(source) if not isinstance(source, SoftPrompt) else source.name
+    soft = source if isinstance(source, SoftPrompt) else SoftPrompt.load(source)
+    family = detect_family(pipe)
+    pairs = assign_encoders(pipe, family, soft, name)
+    tokens = list(tokens) if tokens is not None else list(soft.tokens)
+    if len(tokens) != soft.num_vectors or len(set(tokens)) != len(tokens):
+        raise TokenCollisionError(f"{name}: need {soft.num_vectors} distinct token names, got {tokens}")
+
+    ours = set(loaded_tokens(pipe))
+    for encoder, _ in pairs:
+        vocab = getattr(pipe, encoder.tokenizer).get_vocab()
+        taken = [t for t in tokens if t in vocab]
+        if taken and not (replace and set(taken) <= ours):
+            hint = "pass replace=True (--replace) to swap them" if set(taken) <= ours else "choose other token names"
+            raise TokenCollisionError(f"{name}: tokens {taken} are already in {encoder.tokenizer}; {hint}")
+    if replace and ours.intersection(tokens):
+        unload_soft_prompt(pipe, [t for t in tokens if t in ours])
+
+    for encoder, vectors in pairs:
+        _add(pipe, encoder, tokens, vectors)
+    return tokens
+
+
+def unload_soft_prompt(pipe, tokens: list[str] | str | None = None) -> None:
+    """Remove soft tokens (default: all) from every tokenizer and encoder; with none left, restore exactly."""
+    if isinstance(tokens, str):
+        tokens = [tokens]
+    family = detect_family(pipe)
+    states = _states(pipe)
+    if tokens is not None:
+        unknown = [t for t in tokens if t not in loaded_tokens(pipe)]
+        if unknown:
+            raise TokenCollisionError(f"tokens {unknown} are not loaded; loaded: {loaded_tokens(pipe)}")
+    for key, state in list(states.items()):
+        encoder = family.encoder(key)
+        keep = [t for t in state.tokens if tokens is not None and t not in tokens]
+        if len(keep) == len(state.tokens):
+            continue
+        # Rebuild rather than delete rows in place: restoring the snapshot and re-adding the tokens that
+        # stay keeps ids dense and the untouched state bitwise identical.
+        ids = getattr(pipe, encoder.tokenizer).convert_tokens_to_ids(keep)
+        kept = getattr(pipe, encoder.text_encoder).get_input_embeddings().weight.data[ids].clone()
+        _reset(pipe, encoder, state)
+        del states[key]
+        if keep:
+            _add(pipe, encoder, keep, kept)
+
+
+def token_ids(pipe, encoder: Encoder, tokens: list[str]) -> list[int]:
+    """Ids of loaded soft tokens in one encoder's tokenizer."""
+    return getattr(pipe, encoder.tokenizer).convert_tokens_to_ids(tokens)

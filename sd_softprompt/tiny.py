@@ -1,0 +1,292 @@
+"""Tiny pipelines built from configs in code: random weights, tiny tokenizers, no download.
+
+They have the real architectures' *shape of parts* (CLIP text encoders with the legacy `eos_token_id = 2`
+that real SD/SDXL checkpoints carry, a T5 encoder, a UNet or Flux transformer, a VAE, the real schedulers)
+at a width of a few dozen. They draw noise: they exist so that tests and the demo exercise the real
+diffusers/transformers code paths offline in seconds. They say nothing about image quality.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# Words the tiny tokenizers know as whole tokens; anything else falls back to byte-level pieces.
+WORDS = """
+a an and at of on in with the to by for from is as or over under near into its
+image photo picture painting drawing portrait render illustration sketch style art view scene
+serene calm quiet bright dark misty golden soft sharp detailed vivid colorful old new small big tall
+landscape sunrise sunset morning evening night day sky cloud clouds sun moon star stars light
+tree trees forest mountain mountains hill hills lake river sea ocean beach water snow rain field
+flower flowers garden grass rock rocks valley city street house castle bridge road
+cat dog bird horse person woman man child face hair eyes
+red green blue yellow orange purple white black pink brown gray
+highly quality masterpiece cinematic lighting oil watercolor digital studio
+""".split()
+
+_SPECIAL_BOS, _SPECIAL_EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable unicode map."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    while len(symbols) > 1:
+        pairs = [(ranks.get(p, len(ranks)), i) for i, p in enumerate(zip(symbols, symbols[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2 :]
+    return symbols
+
+
+def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte-level BPE vocabulary like CLIP's, with whole-word merges for WORDS.
+
+    Every byte (and byte + '</w>') is in the vocabulary, so any text tokenizes; the end-of-text token
+    is the last id, as in the real CLIP vocabulary (49407), which the pooled-output trap depends on.
+    """
+    chars = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for piece in chars + [c + "</w>" for c in chars]:
+        vocab.setdefault(piece, len(vocab))
+    ranks: dict[tuple[str, str], int] = {}
+    for word in WORDS:
+        # Run the merges made so far, then join what is left: appending a word's merges after the
+        # earlier ones keeps every earlier word whole.
+        symbols = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+        while len(symbols) > 1:
+            ranks.setdefault((symbols[0], symbols[1]), len(ranks))
+            symbols = [symbols[0] + symbols[1]] + symbols[2:]
+            vocab.setdefault(symbols[0], len(vocab))
+    merges = sorted(ranks, key=ranks.__getitem__)
+    vocab[_SPECIAL_BOS] = len(vocab)
+    vocab[_SPECIAL_EOS] = len(vocab)
+    return vocab, merges
+
+
+def clip_tokenizer(pad_token: str = _SPECIAL_EOS):
+    from transformers import CLIPTokenizer
+
+    vocab, merges = clip_vocab_and_merges()
+    return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=77)
+
+
+def t5_tokenizer():
+    """A unigram (sentencepiece-style) tokenizer with T5's special ids: <pad>=0, </s>=1, <unk>=2."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [("▁" + w, -5.0) for w in WORDS]
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-:;()[]<>"
+    pieces += [(c, -10.0) for c in letters] + [("▁" + c, -10.0) for c in letters]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def clip_text_config(vocab_size: int, hidden: int, *, gelu: bool = False, projection: int | None = None):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="gelu" if gelu else "quick_gelu",  # OpenCLIP (SD2, SDXL's encoder 2) uses gelu
+        projection_dim=projection or hidden,
+        # Legacy ids, as in the real SD 1.x / SDXL text encoder configs: pooled output at argmax(ids).
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
+
+
+def _vae(latent_channels: int = 4, **kw):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        # four levels: the real 8x downsampling, so image sizes mean what they mean on real models
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        sample_size=128,
+        **kw,
+    )
+
+
+def _unet(cross_attention_dim: int, **kw):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8,  # 64 px images
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        **kw,
+    )
+
+
+def _sd_scheduler(prediction_type: str = "epsilon"):
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+
+
+def build_sd(version: int = 1, seed: int = 0):
+    """A tiny StableDiffusionPipeline. version=2 gives an SD 2.x-like one (gelu encoder, v-prediction)."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = clip_tokenizer()
+    hidden = 32 if version == 1 else 40
+    text_encoder = CLIPTextModel(clip_text_config(len(tokenizer), hidden, gelu=version == 2))
+    return _eval(StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=_unet(hidden),
+        scheduler=_sd_scheduler("epsilon" if version == 1 else "v_prediction"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ))
+
+
+def build_sdxl(seed: int = 0):
+    """A tiny StableDiffusionXLPipeline: CLIP-L-like encoder (32 wide) + bigG-like (48 wide, projection)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer = clip_tokenizer()
+    tokenizer_2 = clip_tokenizer(pad_token="!")  # SDXL's second tokenizer pads with "!"
+    w1, w2, proj = 32, 48, 32
+    text_encoder = CLIPTextModel(clip_text_config(len(tokenizer), w1))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(len(tokenizer_2), w2, gelu=True, projection=proj))
+    time_dim = 8
+    unet = _unet(
+        w1 + w2,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + proj,
+        transformer_layers_per_block=1,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    return _eval(StableDiffusionXLPipeline(
+        vae=_vae(),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+    ))
+
+
+def build_flux(seed: int = 0):
+    """A tiny FluxPipeline: CLIP-L-like (32 wide, pooled) + T5 encoder (48 wide), guidance-distilled like dev."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer = clip_tokenizer()
+    tokenizer_2 = t5_tokenizer()
+    text_encoder = CLIPTextModel(clip_text_config(len(tokenizer), 32))
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_2),
+            d_model=48,
+            d_kv=12,
+            d_ff=96,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+            is_encoder_decoder=False,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,  # 4 latent channels packed 2x2
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=48,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    )
+    vae = _vae(latent_channels=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
+    return _eval(FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    ))
+
+
+BUILDERS = {
+    "sd1": lambda seed=0: build_sd(1, seed),
+    "sd2": lambda seed=0: build_sd(2, seed),
+    "sdxl": build_sdxl,
+    "flux": build_flux,
+}
+
+
+def _eval(pipe):
+    # Modules built from configs start in training mode (T5 dropout); loaded ones are in eval mode.
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return pipe
+
+
+def save_tiny(family: str, path: str | Path, seed: int = 0) -> Path:
+    """Build a tiny pipeline of `family` and `save_pretrained` it to `path` (loadable by from_pretrained)."""
+    if family not in BUILDERS:
+        raise ValueError(f"unknown family {family!r}; tiny pipelines exist for {', '.join(BUILDERS)}")
+    path = Path(path)
+    BUILDERS[family](seed=seed).save_pretrained(path)
+    return path

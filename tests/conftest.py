@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny pipelines built in code (random weights, no download)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from sd_softprompt import tiny  # noqa: E402
+
+
+@pytest.fixture
+def sd1():
+    return tiny.build_sd(1)
+
+
+@pytest.fixture
+def sd2():
+    return tiny.build_sd(2)
+
+
+@pytest.fixture
+def sdxl():
+    return tiny.build_sdxl()
+
+
+@pytest.fixture
+def flux():
+    return tiny.build_flux()
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """Tiny pipelines saved with save_pretrained, built once per session, by family."""
+    root = tmp_path_factory.mktemp("tiny")
+    cache: dict[str, str] = {}
+
+    def get(family: str = "sd1") -> str:
+        if family not in cache:
+            cache[family] = str(tiny.save_tiny(family, root / family))
+        return cache[family]
+
+    return get
