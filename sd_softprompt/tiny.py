@@ -91,7 +91,8 @@ def t5_tokenizer():
     pieces += [("▁" + w, -5.0) for w in WORDS]
     letters = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-:;()[]<>"
     pieces += [(c, -10.0) for c in letters] + [("▁" + c, -10.0) for c in letters]
-    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
+    # 64 positions instead of the real 512: the same code path, an eighth of the cost
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=64)
 
 
 def clip_text_config(vocab_size: int, hidden: int, *, gelu: bool = False, projection: int | None = None):
