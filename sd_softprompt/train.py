@@ -463,10 +463,8 @@ def train(cfg: TrainConfig, pipe=None) -> TrainResult:
             wall = time.perf_counter() - t0
             fixed_after = _fixed_batch_loss(objective, accelerator)
 
-        # Write the trained rows into the pipeline (the encoders not trained keep their initial vectors).
+        # Encoders left out of --encoders keep their initial vectors: the file then behaves as in training.
         final = dict(init) | {k: v.detach().float().cpu() for k, v in vectors.items()}
-        if cfg.encoders:
-            final = {k: v for k, v in final.items() if k in keys}
         result_soft = SoftPrompt(vectors=final, tokens=tokens)
         load_soft_prompt(pipe, result_soft, replace=True)
         metrics = {
@@ -496,6 +494,7 @@ def train(cfg: TrainConfig, pipe=None) -> TrainResult:
             "steps": str(cfg.steps),
             "target": cfg.target or "",
             "base_model": cfg.model,
+            "trained_encoders": ",".join(keys),
             "loss": cfg.loss if cfg.mode == "text" else "denoising",
             "loss_last": f"{metrics['loss_last']:.6g}",
         }

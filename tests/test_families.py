@@ -1,0 +1,76 @@
+"""SDXL and Flux at the level of SD 1.x: both encoders, both modes, the measure."""
+
+import pytest
+import torch
+from PIL import Image
+
+from sd_softprompt.errors import UnsupportedPipelineError
+from sd_softprompt.families import FAMILIES, detect_family
+from sd_softprompt.format import SoftPrompt
+from sd_softprompt.train import TrainConfig, train
+
+HARD = "image of serene landscape at sunrise with trees mountains and lake"
+
+
+def test_detects_each_family(sd1, sd2, sdxl, flux):
+    assert [detect_family(p).name for p in (sd1, sd2, sdxl, flux)] == ["sd1", "sd2", "sdxl", "flux"]
+    assert FAMILIES["sdxl"].keys == ("clip_l", "clip_g") and FAMILIES["flux"].keys == ("clip_l", "t5xxl")
+
+
+def test_unsupported_pipeline_names_the_supported_families():
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    pipe = DDPMPipeline(unet=UNet2DModel(block_out_channels=(8, 8), down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, sample_size=8), scheduler=DDPMScheduler())
+    with pytest.raises(UnsupportedPipelineError, match="DDPMPipeline.*Stable Diffusion XL.*Flux"):
+        detect_family(pipe)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux"])
+def test_text_mode_beats_baselines(family, request, tmp_path):
+    pipe = request.getfixturevalue(family)
+    cfg = TrainConfig(
+        model=f"tiny-{family}", out=str(tmp_path / "s.safetensors"), target=HARD, vectors=3, steps=60,
+        progress=False, probe_size=64, eval_samples=6, checkpoint_every=0,
+    )
+    result = train(cfg, pipe=pipe)
+    soft = SoftPrompt.load(result.soft_prompt)
+    widths = {k: getattr(pipe, FAMILIES[family].encoder(k).text_encoder).get_input_embeddings().weight.shape[1] for k in soft.vectors}
+    assert {k: v.shape for k, v in soft.vectors.items()} == {k: (3, w) for k, w in widths.items()}
+    assert set(soft.vectors) == set(FAMILIES[family].keys)
+    for where in ("alone", "composed"):
+        d = result.metrics["distance"][where]
+        assert d["ratio_to_first_n_words"] < 0.6 and d["ratio_to_empty"] < 0.5, (where, d)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux"])
+def test_image_mode_runs(family, request, tmp_path):
+    pipe = request.getfixturevalue(family)
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    Image.fromarray((torch.rand(64, 72, 3, generator=g) * 255).to(torch.uint8).numpy()).save(folder / "a.png")
+    cfg = TrainConfig(
+        model=f"tiny-{family}", out=str(tmp_path / "ti.safetensors"), mode="images", images=str(folder), vectors=2,
+        steps=4, resolution=64, batch_size=2, init="random", progress=False, checkpoint_every=0,
+    )
+    before = {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
+    result = train(cfg, pipe=pipe)
+    losses = result.metrics["losses"]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    assert set(SoftPrompt.load(result.soft_prompt).vectors) == set(FAMILIES[family].keys)
+    assert all(torch.equal(v, pipe.text_encoder.state_dict()[k]) for k, v in before.items())
+
+
+def test_train_only_t5(flux, tmp_path):
+    cfg = TrainConfig(
+        model="tiny-flux", out=str(tmp_path / "t5.safetensors"), target=HARD, vectors=2, steps=5, encoders=["t5xxl"],
+        progress=False, probe_size=64, eval_samples=2, checkpoint_every=0,
+    )
+    result = train(cfg, pipe=flux)
+    soft = SoftPrompt.load(result.soft_prompt)
+    # clip_l kept as initialised (the hard prompt's own embeddings), t5xxl trained
+    hard_ids = flux.tokenizer(HARD, add_special_tokens=False).input_ids
+    table = flux.text_encoder.get_input_embeddings().weight
+    init = torch.nn.functional.adaptive_avg_pool1d(table[hard_ids].T.unsqueeze(0), 2)[0].T
+    assert torch.allclose(soft.vectors["clip_l"], init, atol=1e-6)
+    assert soft.metadata["trained_encoders"] == "t5xxl"
