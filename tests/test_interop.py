@@ -1,0 +1,89 @@
+"""Every written format loads in unmodified diffusers and gives the prompt embeddings our loader gives."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sd_softprompt import tiny
+from sd_softprompt.families import FAMILIES
+from sd_softprompt.format import SoftPrompt, convert
+from sd_softprompt.loader import load_soft_prompt
+
+PROMPT = "{} mountain view"
+WRITABLE = {
+    "sd1": ["native", "diffusers", "a1111", "kohya", "onetrainer"],
+    "sd2": ["native", "diffusers", "a1111", "kohya", "onetrainer"],
+    "sdxl": ["native", "diffusers", "a1111", "kohya", "onetrainer"],
+    "flux": ["native", "diffusers", "onetrainer"],
+}
+CASES = [(f, fmt) for f, fmts in WRITABLE.items() for fmt in fmts]
+
+
+def trained_like(pipe, family: str) -> SoftPrompt:
+    g = torch.Generator().manual_seed(3)
+    vectors = {}
+    for e in FAMILIES[family].encoders:
+        w = getattr(pipe, e.text_encoder).get_input_embeddings().weight
+        vectors[e.key] = torch.randn(3, w.shape[1], generator=g) * w.norm(dim=1).mean() / w.shape[1] ** 0.5
+    return SoftPrompt(vectors=vectors, metadata={"name": "sunrise", "family": family, "steps": "120"})
+
+
+def diffusers_load(pipe, family: str, paths: list) -> str:
+    """Load written files the way a diffusers user does; return diffusers' trigger token."""
+    token = "<sunrise>"
+    enc = FAMILIES[family].encoders
+    if len(enc) == 1:  # one file, one tensor: the plain call
+        pipe.load_textual_inversion(str(paths[0]), token=token)
+        return token
+    if len(paths) == 2:  # diffusers' SDXL pair: one call per file and encoder
+        parts = [load_file(p) for p in paths]
+        tensors = [next(iter(p.values())) for p in parts]
+    else:  # a two-encoder file: diffusers needs one call per key (it cannot read both at once)
+        sd = load_file(paths[0])
+        aliases = {"t5xxl": ["t5xxl", "t5"]}
+        tensors = [next(sd[k] for k in aliases.get(e.key, [e.key]) if k in sd) for e in enc]
+    for e, t in zip(enc, tensors):
+        pipe.load_textual_inversion(t, token=token, tokenizer=getattr(pipe, e.tokenizer), text_encoder=getattr(pipe, e.text_encoder))
+    return token
+
+
+@pytest.mark.parametrize("family, fmt", CASES)
+def test_written_format_loads_in_diffusers_with_same_embeddings(family, fmt, tmp_path):
+    ours, theirs = tiny.BUILDERS[family](seed=0), tiny.BUILDERS[family](seed=0)
+    soft = trained_like(ours, family)
+    native = soft.save(tmp_path / "sunrise.safetensors")[0]
+    written = convert(native, to=fmt, out=tmp_path / fmt)
+
+    back = SoftPrompt.load(written if len(written) > 1 else written[0])
+    if set(back.vectors) == {"*"}:  # a single-tensor file: its encoder is found by width when loading
+        assert torch.equal(back.vectors["*"], next(iter(soft.vectors.values())))
+    else:
+        assert set(back.vectors) == set(soft.vectors)
+        assert all(torch.equal(back.vectors[k], soft.vectors[k]) for k in soft.vectors)
+    assert back.name == "sunrise"
+
+    tokens = load_soft_prompt(ours, back)
+    mine = FAMILIES[family].encode(ours, [PROMPT.format("".join(tokens))])
+    token = diffusers_load(theirs, family, written)
+    ref = FAMILIES[family].encode(theirs, [PROMPT.format(token)])
+    # diffusers expands <sunrise> to <sunrise> <sunrise>_1 <sunrise>_2: the same vectors in the same places
+    assert torch.allclose(mine["states"], ref["states"], atol=1e-6)
+    plain = FAMILIES[family].encode(theirs, [PROMPT.format("")])
+    assert not torch.allclose(mine["states"], plain["states"])
+
+
+def test_diffusers_pools_at_a_soft_token_and_we_do_not(tmp_path):
+    """The pooled-output trap: diffusers' SDXL text_embeds are read at the soft token; ours at end-of-text."""
+    ours, theirs = tiny.build_sdxl(seed=0), tiny.build_sdxl(seed=0)
+    soft = trained_like(ours, "sdxl")
+    paths = soft.save(tmp_path / "pair", format="diffusers")
+    load_soft_prompt(ours, soft)
+    token = diffusers_load(theirs, "sdxl", paths)
+    mine = FAMILIES["sdxl"].encode(ours, ["[v1][v2][v3] mountain view"])["pooled"]
+    ref = FAMILIES["sdxl"].encode(theirs, [f"{token} mountain view"])["pooled"]
+    assert not torch.allclose(mine, ref)
+    ids = ours.tokenizer_2("[v1][v2][v3] mountain view", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    eos = (ids[0] == ours.tokenizer_2.eos_token_id).nonzero()[0].item()
+    out = ours.text_encoder_2(ids)
+    expected = ours.text_encoder_2.text_projection(out.last_hidden_state[0, eos])
+    assert torch.allclose(mine[0], expected, atol=1e-6)
