@@ -207,3 +207,25 @@ def unload_soft_prompt(pipe, tokens: list[str] | str | None = None) -> None:
 def token_ids(pipe, encoder: Encoder, tokens: list[str]) -> list[int]:
     """Ids of loaded soft tokens in one encoder's tokenizer."""
     return getattr(pipe, encoder.tokenizer).convert_tokens_to_ids(tokens)
+
+
+def prompt_overflow(pipe, prompt: str) -> list[str]:
+    """Warnings for each encoder whose window the prompt overflows once the soft tokens are counted.
+
+    The pipelines cut such prompts silently (or in a log line); a soft prompt makes it easier to miss,
+    since `[v1]` reads as one word but each soft token takes one position of the window.
+    """
+    soft = set(loaded_tokens(pipe))
+    out = []
+    for encoder in detect_family(pipe).encoders:
+        tokenizer = getattr(pipe, encoder.tokenizer)
+        ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        specials = len(tokenizer("").input_ids)  # start/end-of-text the tokenizer adds
+        window = tokenizer.model_max_length - specials
+        if len(ids) > window:
+            n_soft = sum(t in soft for t in tokenizer.convert_ids_to_tokens(ids))
+            out.append(
+                f"prompt is {len(ids)} tokens for {encoder.tokenizer} ({n_soft} of them soft tokens); "
+                f"the last {len(ids) - window} were cut to fit its {tokenizer.model_max_length}-token window"
+            )
+    return out

@@ -169,3 +169,13 @@ def test_flux_t5_vectors_change_prompt_embeds(flux):
     b = encode(flux, "[v1][v2][v3] mountain view")
     assert not torch.allclose(a["states"], b["states"])
     assert torch.equal(a["pooled"], b["pooled"])  # CLIP untouched
+
+
+def test_prompt_overflow_counts_soft_tokens(sd1):
+    from sd_softprompt.loader import prompt_overflow
+
+    load_soft_prompt(sd1, soft_for(sd1, n=3))
+    words = " ".join(["lake"] * 73)  # 73 words + 3 soft tokens = 76 > 75 positions between start and end
+    assert prompt_overflow(sd1, "[v1][v2][v3] " + " ".join(["lake"] * 72)) == []
+    (warning,) = prompt_overflow(sd1, "[v1][v2][v3] " + words)
+    assert "76 tokens" in warning and "3 of them soft" in warning and "last 1 were cut" in warning
