@@ -166,7 +166,7 @@ def initial_vectors(pipe, family: Family, cfg: TrainConfig, generator: torch.Gen
 class TextObjective:
     """Distil the hard prompt: conditioning of "<soft> <context>" vs cached "<hard> <context>"."""
 
-    def __init__(self, pipe, family: Family, cfg: TrainConfig, soft_text: str, generator: torch.Generator):
+    def __init__(self, pipe, family: Family, cfg: TrainConfig, soft_text: str):
         self.pipe, self.family, self.cfg, self.soft_text = pipe, family, cfg, soft_text
         self.contexts = list(dict.fromkeys(obj.CONTEXTS + list(cfg.context)))
         with torch.no_grad():  # frozen targets: computed once, never per step
@@ -364,17 +364,23 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def train(cfg: TrainConfig, pipe=None) -> TrainResult:
-    """Train a soft prompt; write it (native .safetensors) and a report JSON beside it.
+@dataclass
+class _Run:
+    """What the loop works on, set up once."""
 
-    `pipe`: an already loaded pipeline to train against (its device and dtype are used as they are);
-    by default `cfg.model` is loaded in the dtype that `cfg.mixed_precision` names.
-    """
+    accelerator: object
+    pipe: object
+    family: Family
+    tokens: list[str]
+    init: dict[str, torch.Tensor]  # initial vectors of every encoder
+    vectors: dict[str, torch.nn.Parameter]  # the trained ones, fp32
+    log: object
+
+
+def _setup(cfg: TrainConfig, pipe) -> _Run:
     from accelerate import Accelerator
-
     from accelerate.state import AcceleratorState
 
-    _check_config(cfg)
     # accelerate keeps its mixed-precision setting in a process-wide singleton; reset it (not the process
     # group) so that train() can be called again in the same process with another precision.
     AcceleratorState._reset_state()
@@ -382,13 +388,12 @@ def train(cfg: TrainConfig, pipe=None) -> TrainResult:
         accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu")
     except (ValueError, RuntimeError) as e:
         raise ConfigError(f"--mixed-precision {cfg.mixed_precision}: not available here ({e})") from None
-    main = accelerator.is_main_process
-    log = (lambda m: print(f"sd-softprompt: {m}", flush=True)) if main else (lambda m: None)
-    dtype = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[cfg.mixed_precision]
+    log = (lambda m: print(f"sd-softprompt: {m}", flush=True)) if accelerator.is_main_process else (lambda m: None)
     if pipe is None:
         from .pipeline import load_pipeline
 
-        pipe = load_pipeline(cfg.model, device=str(accelerator.device), dtype=dtype)
+        dtype = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[cfg.mixed_precision]  # frozen models in the training dtype
+        pipe = load_pipeline(cfg.model, device=str(accelerator.device), dtype=dtype, progress=False)
     pipe.set_progress_bar_config(disable=True)
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
@@ -398,120 +403,137 @@ def train(cfg: TrainConfig, pipe=None) -> TrainResult:
     unknown = [k for k in keys if k not in family.keys]
     if unknown:
         raise ConfigError(f"--encoders {unknown}: a {family.name} model has {', '.join(family.keys)}")
-
-    # Initial vectors, loaded like any soft prompt; the trained encoders then read their rows from params.
+    # Initial vectors go in like any soft prompt; the trained encoders then read their rows from params.
     init = initial_vectors(pipe, family, cfg, torch.Generator().manual_seed(cfg.seed))
-    soft = SoftPrompt(vectors=init, tokens=cfg.tokens)
-    tokens = load_soft_prompt(pipe, soft)
+    tokens = load_soft_prompt(pipe, SoftPrompt(vectors=init, tokens=cfg.tokens))
+    vectors = {k: torch.nn.Parameter(init[k].to(accelerator.device, torch.float32)) for k in keys}
+    return _Run(accelerator, pipe, family, tokens, init, vectors, log)
+
+
+def train(cfg: TrainConfig, pipe=None) -> TrainResult:
+    """Train a soft prompt; write it (native .safetensors) and a report JSON beside it.
+
+    `pipe`: an already loaded pipeline to train against (its device and dtype are used as they are; it is
+    left as it came); by default `cfg.model` is loaded in the dtype that `cfg.mixed_precision` names.
+    """
+    _check_config(cfg)
+    run = _setup(cfg, pipe)
     try:
-        soft_text = "".join(tokens)
-        vectors = {k: torch.nn.Parameter(init[k].to(accelerator.device, torch.float32)) for k in keys}
-        norms = {k: vocab_norm(pipe, family.encoder(k)) for k in keys}
+        losses, fixed, wall, start = _loop(cfg, run)
+        return _finish(cfg, run, losses, fixed, wall, start)
+    finally:
+        unload_soft_prompt(run.pipe, run.tokens)  # also after an error
 
-        ckpt = checkpoint_path(cfg.out_path)
-        start, losses = 0, []
-        optimizer = torch.optim.AdamW(vectors.values(), lr=cfg.lr, weight_decay=0.0)
-        if cfg.resume and ckpt.exists():
-            state = load_checkpoint(ckpt, cfg)
-            with torch.no_grad():
-                for k, v in vectors.items():
-                    v.copy_(state["vectors"][k])
-            optimizer.load_state_dict(state["optimizer"])
-            start, losses = state["step"], list(state["losses"])
-            log(f"resuming from {ckpt} at step {start}")
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: obj.cosine_schedule(s, cfg.steps, cfg.warmup, cfg.schedule), last_epoch=start - 1)
-        # Only the optimizer goes through accelerate (fp16 loss scaling); a prepared scheduler would step once
-        # per process, and there is no model to wrap: gradients are averaged by hand below.
-        optimizer = accelerator.prepare(optimizer)
 
+def _loop(cfg: TrainConfig, run: _Run) -> tuple[list[float], dict, float, int]:
+    """The training loop. Returns the losses, the fixed-batch loss before/after, wall time, first step."""
+    acc, vectors, soft_text = run.accelerator, run.vectors, "".join(run.tokens)
+    norms = {k: vocab_norm(run.pipe, run.family.encoder(k)) for k in vectors}
+    ckpt = checkpoint_path(cfg.out_path)
+    optimizer = torch.optim.AdamW(vectors.values(), lr=cfg.lr, weight_decay=0.0)
+    start, losses = 0, []
+    if cfg.resume and ckpt.exists():
+        state = load_checkpoint(ckpt, cfg)
+        with torch.no_grad():
+            for k, v in vectors.items():
+                v.copy_(state["vectors"][k])
+        optimizer.load_state_dict(state["optimizer"])
+        start, losses = state["step"], list(state["losses"])
+        run.log(f"resuming from {ckpt} at step {start}")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: obj.cosine_schedule(s, cfg.steps, cfg.warmup, cfg.schedule), last_epoch=start - 1)
+    # Only the optimizer goes through accelerate (fp16 loss scaling): a prepared scheduler would step once
+    # per process, and there is no model to wrap, gradients are averaged by hand below.
+    optimizer = acc.prepare(optimizer)
+
+    with trainable_rows(run.pipe, run.family, run.tokens, vectors):
+        if cfg.mode == "text":
+            objective = TextObjective(run.pipe, run.family, cfg, soft_text)
+        else:
+            objective = ImageObjective(run.pipe, run.family, cfg, soft_text, run.tokens, run.log)
+        fixed = {"before": _fixed_batch_loss(objective, acc)}
         t0 = time.perf_counter()
-        with trainable_rows(pipe, family, tokens, vectors):
-            if cfg.mode == "text":
-                objective = TextObjective(pipe, family, cfg, soft_text, torch.Generator().manual_seed(cfg.seed))
-            else:
-                objective = ImageObjective(pipe, family, cfg, soft_text, tokens, log)
-            fixed_before = _fixed_batch_loss(objective, accelerator)
-            bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (main and cfg.progress), desc="train")
-            for step in bar:
-                # One generator per (seed, step, rank): resuming needs no RNG state beyond the step.
-                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 4_099 + accelerator.process_index)
-                total = 0.0
-                for _ in range(cfg.grad_accum):
-                    with accelerator.autocast():
-                        loss = objective.loss(g)
-                        if cfg.norm_weight > 0:
-                            loss = loss + cfg.norm_weight * sum(((v.norm(dim=1) - norms[k]) / norms[k]).pow(2).mean() for k, v in vectors.items())
-                    accelerator.backward(loss / cfg.grad_accum)
-                    total += loss.item() / cfg.grad_accum
-                if not math.isfinite(total):
-                    kept = f"; the last good checkpoint is {ckpt}" if ckpt.exists() else ""
-                    raise TrainingDiverged(f"step {step + 1}: the loss is {total}; lower --lr or use --mixed-precision no{kept}")
-                for v in vectors.values():  # data parallel without DDP: average the few gradients by hand
-                    v.grad = accelerator.reduce(v.grad, reduction="mean")
-                accelerator.clip_grad_norm_(list(vectors.values()), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(total)
-                bar.set_postfix(loss=f"{total:.4f}")
-                done = step + 1
-                if main and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                    save_checkpoint(ckpt, cfg, done, vectors, optimizer, losses)
-                if main and cfg.validate_every and done % cfg.validate_every == 0:
-                    _validate(pipe, cfg, soft_text, done)
-            bar.close()
-            wall = time.perf_counter() - t0
-            fixed_after = _fixed_batch_loss(objective, accelerator)
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (acc.is_main_process and cfg.progress), desc="train")
+        for step in bar:
+            # One generator per (seed, step, rank): resuming needs no RNG state beyond the step.
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 4_099 + acc.process_index)
+            total = 0.0
+            for _ in range(cfg.grad_accum):
+                with acc.autocast():
+                    loss = objective.loss(g)
+                    if cfg.norm_weight > 0:  # keep norms near the vocabulary's, so the vectors don't drown the prompt
+                        loss = loss + cfg.norm_weight * sum(((v.norm(dim=1) - norms[k]) / norms[k]).pow(2).mean() for k, v in vectors.items())
+                acc.backward(loss / cfg.grad_accum)
+                total += loss.item() / cfg.grad_accum
+            if not math.isfinite(total):
+                kept = f"; the last good checkpoint is {ckpt} (add --resume)" if ckpt.exists() else ""
+                raise TrainingDiverged(f"step {step + 1}: the loss is {total}; lower --lr or use --mixed-precision no{kept}")
+            for v in vectors.values():  # data parallel without DDP: average the few N x width gradients by hand
+                v.grad = acc.reduce(v.grad, reduction="mean")
+            acc.clip_grad_norm_(list(vectors.values()), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(total)
+            bar.set_postfix(loss=f"{total:.4f}")
+            done = step + 1
+            if acc.is_main_process and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                save_checkpoint(ckpt, cfg, done, vectors, optimizer, losses)
+            if acc.is_main_process and cfg.validate_every and done % cfg.validate_every == 0:
+                _validate(run.pipe, cfg, soft_text, done)
+        bar.close()
+        wall = time.perf_counter() - t0
+        fixed["after"] = _fixed_batch_loss(objective, acc)
+    return losses, fixed, wall, start
 
-        # Encoders left out of --encoders keep their initial vectors: the file then behaves as in training.
-        final = dict(init) | {k: v.detach().float().cpu() for k, v in vectors.items()}
-        result_soft = SoftPrompt(vectors=final, tokens=tokens)
-        load_soft_prompt(pipe, result_soft, replace=True)
-        metrics = {
-            "mode": cfg.mode,
-            "family": family.name,
-            "steps": cfg.steps,
-            "losses": losses,
-            "loss_first": losses[0] if losses else None,
-            "loss_last": losses[-1] if losses else None,
-            # the same batch (contexts or images, noise, timesteps) before and after: a noise-free progress figure
-            "fixed_batch_loss": {"before": fixed_before, "after": fixed_after},
-            "wall_time_s": wall,
-            "steps_per_s": (cfg.steps - start) / wall if wall > 0 else None,
-            "peak_memory_mb": _peak_memory_mb(accelerator.device),
-            "processes": accelerator.num_processes,
-            "vector_norms": {k: v.norm(dim=1).tolist() for k, v in final.items()},
-            "vocab_mean_norm": {k: vocab_norm(pipe, family.encoder(k)) for k in final},
-            "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
-        }
-        if main and cfg.mode == "text":
+
+def _finish(cfg: TrainConfig, run: _Run, losses: list[float], fixed: dict, wall: float, start: int) -> TrainResult:
+    """Measure, then write the soft prompt and its report (main process), and drop the checkpoint."""
+    pipe, family, acc = run.pipe, run.family, run.accelerator
+    # Encoders left out of --encoders keep their initial vectors: the file then behaves as in training.
+    final = dict(run.init) | {k: v.detach().float().cpu() for k, v in run.vectors.items()}
+    soft = SoftPrompt(vectors=final, tokens=run.tokens)
+    load_soft_prompt(pipe, soft, replace=True)
+    metrics = {
+        "mode": cfg.mode,
+        "family": family.name,
+        "steps": cfg.steps,
+        "losses": losses,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        # the same batch (contexts or images, noise, timesteps) before and after: a noise-free progress figure
+        "fixed_batch_loss": fixed,
+        "wall_time_s": wall,
+        "steps_per_s": (cfg.steps - start) / wall if wall > 0 else None,
+        "peak_memory_mb": _peak_memory_mb(acc.device),
+        "processes": acc.num_processes,
+        "vector_norms": {k: v.norm(dim=1).tolist() for k, v in final.items()},
+        "vocab_mean_norm": {k: vocab_norm(pipe, family.encoder(k)) for k in final},
+        "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+    }
+    soft.metadata = {
+        "name": cfg.name or cfg.out_path.stem,
+        "family": family.name,
+        "objective": "text" if cfg.mode == "text" else "image",
+        "steps": str(cfg.steps),
+        "target": cfg.target or "",
+        "base_model": cfg.model,
+        "trained_encoders": ",".join(run.vectors),
+        "loss": cfg.loss if cfg.mode == "text" else "denoising",
+        "loss_last": f"{losses[-1]:.6g}",
+    }
+    report = cfg.out_path.with_name(cfg.out_path.stem + ".report.json")
+    if acc.is_main_process:
+        if cfg.mode == "text":
             probe = obj.Probe.make(pipe, family, cfg.eval_samples, cfg.probe_size, seed=12345)
-            metrics["distance"] = obj.distance_report(pipe, family, soft_text, cfg.target, cfg.vectors, probe)
-        result_soft.metadata = {
-            "name": cfg.name or cfg.out_path.stem,
-            "family": family.name,
-            "objective": "text" if cfg.mode == "text" else "image",
-            "steps": str(cfg.steps),
-            "target": cfg.target or "",
-            "base_model": cfg.model,
-            "trained_encoders": ",".join(keys),
-            "loss": cfg.loss if cfg.mode == "text" else "denoising",
-            "loss_last": f"{metrics['loss_last']:.6g}",
-        }
-        if "distance" in metrics:
+            metrics["distance"] = obj.distance_report(pipe, family, "".join(run.tokens), cfg.target, cfg.vectors, probe)
             for where in ("alone", "composed"):
                 for ratio in ("ratio_to_first_n_words", "ratio_to_empty"):
-                    result_soft.metadata[f"{where}_{ratio}"] = f"{metrics['distance'][where][ratio]:.4g}"
-        report = cfg.out_path.with_name(cfg.out_path.stem + ".report.json")
-        if main:
-            cfg.out_path.parent.mkdir(parents=True, exist_ok=True)
-            result_soft.save(cfg.out_path)
-            write_json_atomic(report, metrics)
-            if ckpt.exists():
-                ckpt.unlink()  # the run finished: its soft prompt file supersedes the checkpoint
-        accelerator.wait_for_everyone()
-    finally:
-        unload_soft_prompt(pipe)  # the caller's pipeline is left as it came, also after an error
+                    soft.metadata[f"{where}_{ratio}"] = f"{metrics['distance'][where][ratio]:.4g}"
+        cfg.out_path.parent.mkdir(parents=True, exist_ok=True)
+        soft.save(cfg.out_path)
+        write_json_atomic(report, metrics)
+        checkpoint_path(cfg.out_path).unlink(missing_ok=True)  # the finished file supersedes the checkpoint
+    acc.wait_for_everyone()
     return TrainResult(cfg.out_path, report, metrics)
 
 
