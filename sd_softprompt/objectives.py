@@ -77,13 +77,16 @@ def sequence_loss(soft: torch.Tensor, hard: torch.Tensor, a: Alignment) -> torch
     # prompt region: M hard states averaged down (or repeated up) to N slots
     region = F.adaptive_avg_pool1d(hard[:, s : s + m].transpose(1, 2).float(), n).transpose(1, 2)
     loss_region = F.mse_loss(soft[:, s : s + n].float(), region)
-    # what follows: soft position p <-> hard position p + (m - n), while both exist
+    # what follows: soft position p <-> hard position p + (m - n); past the hard sequence's end, the soft
+    # prompt's extra padding states are held to the hard prompt's last padding state (padding states
+    # converge, and the denoiser sees every one of them)
     shift = m - n
-    lo, hi = s + n, min(length, length - shift) if shift > 0 else length
-    soft_tail = soft[:, lo:hi]
-    hard_tail = hard[:, lo + shift : hi + shift]
-    loss_tail = F.mse_loss(soft_tail.float(), hard_tail.float())
-    return (n * loss_region + (hi - lo) * loss_tail) / (n + hi - lo)
+    tail = hard[:, s + m :]
+    if shift > 0:
+        tail = torch.cat([tail, tail[:, -1:].expand(-1, shift, -1)], dim=1)
+    tail = tail[:, : length - (s + n)]
+    loss_tail = F.mse_loss(soft[:, s + n :].float(), tail.float())
+    return (n * loss_region + tail.shape[1] * loss_tail) / (n + tail.shape[1])
 
 
 def full_loss(soft: torch.Tensor, hard: torch.Tensor, a: Alignment) -> torch.Tensor:

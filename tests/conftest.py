@@ -9,7 +9,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: the tiny models gain nothing from more, and two busy-waiting threads per process
+# slow down by 100x when another process holds a core (two-process accelerate test, parallel runs).
+torch.set_num_threads(1)
 
 from sd_softprompt import tiny  # noqa: E402
 
