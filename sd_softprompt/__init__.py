@@ -1,0 +1,72 @@
+"""Soft prompts (learned prompt embeddings) for diffusers pipelines: SD 1.x/2.x, SDXL and Flux.
+
+    from sd_softprompt import load_soft_prompt
+    load_soft_prompt(pipe, "sunrise.safetensors")
+    pipe("[v1][v2][v3] mountain view")
+
+Only the errors are imported eagerly; everything else (torch, diffusers) loads on first use, so
+``import sd_softprompt`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import (
+    ConfigError,
+    FormatError,
+    InvalidVectorsError,
+    SoftPromptError,
+    TokenCollisionError,
+    UnsafeFileError,
+    UnsupportedPipelineError,
+    WidthMismatchError,
+)
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_LAZY = {
+    "SoftPrompt": "format",
+    "load_soft_prompt": "loader",
+    "unload_soft_prompt": "loader",
+    "detect_family": "families",
+    "FAMILIES": "families",
+    "TrainConfig": "train",
+    "train": "train",
+}
+
+__all__ = [
+    "__version__",
+    "SoftPromptError",
+    "FormatError",
+    "UnsafeFileError",
+    "InvalidVectorsError",
+    "WidthMismatchError",
+    "TokenCollisionError",
+    "UnsupportedPipelineError",
+    "ConfigError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f".{module_name}", __name__)
+    if module_name == "train":
+        # Importing the submodule sets this package's attribute `train` to the *module*; the public
+        # name is the function, so put it back whenever the function exists.
+        function = getattr(module, "train", None)
+        if callable(function):
+            globals()["train"] = function
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r} (not in {module.__name__} yet)") from None
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,215 @@
+"""Images from a pipeline: one image, or a labelled prompt x seed grid with a JSON record beside it.
+
+Every image is drawn from a torch.Generator on the CPU seeded with its seed, so a seed gives the same
+starting noise on any device, and a grid cell is exactly what `generate` gives for its prompt and seed.
+Files are written to a temp file beside the target and renamed, so nothing is ever half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .errors import ConfigError
+from .families import FLUX_MAX_SEQUENCE_LENGTH, Family, detect_family
+from .grid import make_grid
+from .loader import loaded_tokens
+
+# The pipelines' usual defaults; Flux (dev) uses distilled guidance, not classifier-free guidance.
+DEFAULT_GUIDANCE = {"sd1": 7.5, "sd2": 7.5, "sdxl": 5.0, "flux": 3.5}
+_FLUX_PIPELINE_SEQUENCE_LENGTH = 512  # FluxPipeline's own default max_sequence_length
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def default_guidance(pipe) -> float:
+    return DEFAULT_GUIDANCE[detect_family(pipe).name]
+
+
+def generate(
+    pipe,
+    prompt: str,
+    seed: int,
+    steps: int,
+    guidance: float,
+    height: int | None,
+    width: int | None,
+    negative_prompt: str | None = None,
+) -> Image.Image:
+    """One image from the pipeline's own __call__; ``height``/``width`` None means the model's default."""
+    family = detect_family(pipe)
+    _check_settings(pipe, family, steps, height, width)
+    kwargs = dict(
+        prompt=prompt,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=height,
+        width=width,
+        generator=torch.Generator("cpu").manual_seed(seed),
+    )
+    kwargs.update(_family_kwargs(pipe, family, negative_prompt))
+    with torch.inference_mode():
+        return pipe(**kwargs).images[0]
+
+
+def _family_kwargs(pipe, family: Family, negative_prompt: str | None) -> dict:
+    if family.name != "flux":
+        return {} if negative_prompt is None else {"negative_prompt": negative_prompt}
+    if negative_prompt:
+        raise ConfigError("Flux is guidance-distilled and takes no negative prompt; leave --negative-prompt out")
+    # Encode with the T5 window training used (families.py), which differs from the pipeline's default
+    # only for checkpoints whose tokenizer is shorter (schnell: 256).
+    window = min(FLUX_MAX_SEQUENCE_LENGTH, pipe.tokenizer_2.model_max_length)
+    return {} if window == _FLUX_PIPELINE_SEQUENCE_LENGTH else {"max_sequence_length": window}
+
+
+def _check_settings(pipe, family: Family, steps: int, height: int | None, width: int | None) -> None:
+    if steps < 1:
+        raise ConfigError(f"steps {steps}: need at least 1 inference step")
+    # Flux packs 2x2 latent patches, so its sizes go in steps of twice the VAE factor.
+    multiple = pipe.vae_scale_factor * (2 if family.name == "flux" else 1)
+    for name, size in (("height", height), ("width", width)):
+        if size is not None and (size < multiple or size % multiple):
+            lower = max(multiple, size - size % multiple)
+            raise ConfigError(
+                f"{name} {size}: {family.title} needs a multiple of {multiple}; try {lower} or {lower + multiple}"
+            )
+
+
+def run_grid(
+    pipe,
+    prompts: list[str],
+    seeds: list[int],
+    *,
+    steps: int,
+    guidance: float,
+    height: int | None,
+    width: int | None,
+    model_name: str,
+    out: Path,
+    negative_prompt: str | None = None,
+    soft_files: Sequence[str] = (),
+    progress: bool = True,
+) -> tuple[Path, Path]:
+    """Draw every prompt (rows) with every seed (columns); write the labelled grid and ``<stem>.json``."""
+    if not prompts or not seeds:
+        raise ConfigError("a grid needs at least one prompt and one seed")
+    target = image_path(grid_target(Path(out)))
+    family = detect_family(pipe)
+
+    started = time.perf_counter()
+    rows: list[list[Image.Image]] = []
+    seconds: list[list[float]] = []
+    with tqdm(total=len(prompts) * len(seeds), desc="grid", unit="image", disable=not progress) as bar:
+        for prompt in prompts:
+            rows.append([])
+            seconds.append([])
+            for seed in seeds:
+                tick = time.perf_counter()
+                rows[-1].append(generate(pipe, prompt, seed, steps, guidance, height, width, negative_prompt))
+                seconds[-1].append(round(time.perf_counter() - tick, 3))
+                bar.update()
+
+    cell_w, cell_h = rows[0][0].size
+    caption = grid_caption(model_name, steps, guidance, cell_h, cell_w)
+    grid = make_grid(rows, prompts, [f"seed {seed}" for seed in seeds], caption)
+    record = {
+        "model": model_name,
+        "family": family.name,
+        "prompts": list(prompts),
+        "negative_prompt": negative_prompt,
+        "seeds": list(seeds),
+        "steps": steps,
+        "guidance": guidance,
+        "height": cell_h,
+        "width": cell_w,
+        "soft_tokens": loaded_tokens(pipe),
+        "soft_prompt_files": [str(path) for path in soft_files],
+        "device": str(pipe.device),
+        "dtype": str(pipe.dtype).replace("torch.", ""),
+        "timings": {
+            "total_s": round(time.perf_counter() - started, 3),
+            "per_image_s": seconds,  # [row][column], like the grid
+        },
+        "version": _version(),
+    }
+    json_path = target.with_suffix(".json")
+    atomic_write([
+        (target, lambda tmp: grid.save(tmp, format=_image_format(target))),
+        (json_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", "utf-8")),
+    ])
+    return target, json_path
+
+
+def grid_caption(model_name: str, steps: int, guidance: float, height: int, width: int) -> str:
+    return f"{model_name} · {steps} steps · guidance {guidance:g} · {width}x{height}"
+
+
+def grid_target(out: Path) -> Path:
+    """An existing folder gets grid.png inside it."""
+    return out / "grid.png" if out.is_dir() else out
+
+
+def save_image(image: Image.Image, out: Path) -> Path:
+    """Write one image atomically, in the format its suffix names (PNG when it has none)."""
+    target = image_path(Path(out))
+    atomic_write([(target, lambda tmp: image.save(tmp, format=_image_format(target)))])
+    return target
+
+
+def image_path(out: Path) -> Path:
+    """``out`` with .png added when it has no suffix; ConfigError for a suffix Pillow cannot write."""
+    target = out if out.suffix else out.with_suffix(".png")
+    _image_format(target)
+    return target
+
+
+def _image_format(target: Path) -> str:
+    image_format = Image.registered_extensions().get(target.suffix.lower())
+    if image_format is None or image_format not in Image.SAVE:  # some formats Pillow only reads
+        raise ConfigError(f"{target}: {target.suffix!r} is not an image format Pillow writes; use .png")
+    return image_format
+
+
+def atomic_write(jobs: list[tuple[Path, Callable[[Path], None]]]) -> list[Path]:
+    """Write each file to a temp file beside its target, then rename them all into place.
+
+    All temp files are complete before the first rename, so a failure leaves neither a partial file
+    nor an image without its record; temp files are removed on any failure.
+    """
+    temps: list[Path] = []
+    try:
+        for target, write in jobs:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            os.close(handle)
+            temps.append(Path(name))
+            write(temps[-1])
+            os.chmod(temps[-1], _FILE_MODE)  # mkstemp makes 0600; give the file the usual permissions
+        for (target, _), tmp in zip(jobs, temps):
+            os.replace(tmp, target)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+    return [target for target, _ in jobs]
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

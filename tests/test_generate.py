@@ -1,0 +1,154 @@
+"""generate / run_grid / load_pipeline on the tiny pipelines: 2 steps, 64x64."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sd_softprompt.errors import ConfigError, UnsupportedPipelineError
+from sd_softprompt.format import SoftPrompt
+from sd_softprompt.generate import generate, grid_caption, run_grid
+from sd_softprompt.grid import grid_geometry
+from sd_softprompt.loader import load_soft_prompt
+from sd_softprompt.pipeline import load_pipeline, resolve_dtype
+
+FAST = dict(steps=2, guidance=5.0, height=64, width=64)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine two threads waiting on each other
+    make each op ~100x slower (conftest sets 2); these tests run on one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _quiet(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _draw(pipe, prompt, seed=0, negative_prompt=None):
+    return np.asarray(generate(pipe, prompt, seed, negative_prompt=negative_prompt, **FAST))
+
+
+def _soft(pipe, seed: int, n: int = 3) -> SoftPrompt:
+    """Random vectors at a norm a few times the vocabulary's, so they visibly steer the tiny model."""
+    table = pipe.text_encoder.get_input_embeddings().weight.detach()
+    vectors = torch.randn(n, table.shape[1], generator=torch.Generator().manual_seed(seed))
+    return SoftPrompt({"clip_l": vectors / vectors.norm(dim=1, keepdim=True) * table.norm(dim=1).mean() * 5})
+
+
+def test_grid_size_labels_and_record(sd1, tmp_path):
+    pipe = _quiet(sd1)
+    prompts, seeds = ["mountain view", "a red house by the lake at sunset"], [0, 1, 2]
+    grid_path, json_path = run_grid(pipe, prompts, seeds, model_name="tiny-sd1", out=tmp_path / "grid.png", **FAST)
+
+    assert grid_path == tmp_path / "grid.png" and json_path == tmp_path / "grid.json"
+    geometry = grid_geometry(
+        2, 3, 64, 64,
+        row_labels=prompts,
+        col_labels=[f"seed {s}" for s in seeds],
+        caption=grid_caption("tiny-sd1", 2, 5.0, 64, 64),
+    )
+    grid = Image.open(grid_path)
+    assert grid.size == geometry.size
+    assert "tiny-sd1 · 2 steps · guidance 5 · 64x64" == geometry.caption_lines[0]
+
+    record = json.loads(json_path.read_text())
+    assert record["prompts"] == prompts and record["seeds"] == seeds
+    assert record["family"] == "sd1" and record["model"] == "tiny-sd1"
+    assert (record["steps"], record["guidance"], record["height"], record["width"]) == (2, 5.0, 64, 64)
+    assert len(record["timings"]["per_image_s"]) == 2 and record["version"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.json", "grid.png"]  # no temp files left
+
+    # Every cell is exactly what generate gives for its row's prompt and its column's seed.
+    cell = np.asarray(grid.convert("RGB").crop(geometry.cells[1][2]))
+    assert np.array_equal(cell, _draw(pipe, prompts[1], seed=2))
+
+
+def test_same_seed_same_image_other_seed_other_image(sd1):
+    pipe = _quiet(sd1)
+    first, again, other = _draw(pipe, "mountain view", 0), _draw(pipe, "mountain view", 0), _draw(pipe, "mountain view", 1)
+    assert first.shape == (64, 64, 3)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_soft_prompt_changes_the_image(sd1):
+    pipe = _quiet(sd1)
+    plain = _draw(pipe, "mountain view")
+    load_soft_prompt(pipe, _soft(pipe, 0))
+    with_a = _draw(pipe, "[v1][v2][v3] mountain view")
+    load_soft_prompt(pipe, _soft(pipe, 1), replace=True)
+    with_b = _draw(pipe, "[v1][v2][v3] mountain view")
+    assert np.abs(with_a.astype(int) - plain).mean() > 1
+    assert np.abs(with_a.astype(int) - with_b).mean() > 1  # the vectors matter, not just the extra tokens
+
+
+def test_sdxl_and_flux(sdxl, flux):
+    assert _draw(_quiet(sdxl), "mountain view", negative_prompt="blurry").shape == (64, 64, 3)
+    assert _draw(_quiet(flux), "mountain view").shape == (64, 64, 3)
+    with pytest.raises(ConfigError, match="no negative prompt"):
+        _draw(flux, "mountain view", negative_prompt="blurry")
+
+
+def test_bad_settings(sd1, flux, tmp_path):
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        generate(sd1, "x", 0, 2, 5.0, 60, 64)
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        generate(flux, "x", 0, 2, 5.0, 64, 72)
+    with pytest.raises(ConfigError, match="at least 1"):
+        generate(sd1, "x", 0, 0, 5.0, 64, 64)
+    with pytest.raises(ConfigError, match="Pillow"):
+        run_grid(sd1, ["x"], [0], model_name="m", out=tmp_path / "grid.txt", **FAST)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_pipeline_from_folder(tiny_dirs):
+    pipe = load_pipeline(tiny_dirs("sd1"), dtype="fp32")
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    assert pipe.device.type == "cpu" and pipe.dtype == torch.float32
+    assert pipe.safety_checker is None
+
+
+def test_load_pipeline_errors(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=r"no model_index\.json.*save_pretrained"):
+        load_pipeline(str(tmp_path))
+    with pytest.raises(ConfigError, match="no such folder"):
+        load_pipeline(str(tmp_path / "missing"))
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="single-file checkpoint"):
+        load_pipeline(str(checkpoint))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="nobody-here/no-such-model: could not load it from the Hugging Face hub"):
+        load_pipeline("nobody-here/no-such-model")
+    with pytest.raises(ConfigError, match="fp32, fp16, bf16"):
+        load_pipeline(str(tmp_path), dtype="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA"):
+            load_pipeline(str(tmp_path), device="cuda")
+
+
+def test_unsupported_pipeline_class(tmp_path):
+    from diffusers import DDIMScheduler, DDPMPipeline, UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, block_out_channels=(8, 8), norm_num_groups=4, layers_per_block=1,
+                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
+    DDPMPipeline(unet=unet, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "ddpm")
+    with pytest.raises(UnsupportedPipelineError, match="DDPMPipeline is not supported"):
+        load_pipeline(str(tmp_path / "ddpm"))
+
+
+def test_default_dtype():
+    assert resolve_dtype(None, "cpu", "FluxPipeline") == torch.float32
+    assert resolve_dtype(None, "mps", "StableDiffusionXLPipeline") == torch.float16
+    assert resolve_dtype(None, "mps", "FluxPipeline") == torch.bfloat16  # fp16 overflows in Flux
+    assert resolve_dtype("bf16", "cpu") == torch.bfloat16 and resolve_dtype("float16", "cpu") == torch.float16
