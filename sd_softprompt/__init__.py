@@ -33,8 +33,7 @@ _LAZY = {
     "unload_soft_prompt": "loader",
     "detect_family": "families",
     "FAMILIES": "families",
-    "TrainConfig": "train",
-    "train": "train",
+    "TrainConfig": "train",  # the trainer itself: from sd_softprompt.train import train
 }
 
 __all__ = [
@@ -56,12 +55,6 @@ def __getattr__(name: str) -> Any:
     if module_name is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module = importlib.import_module(f".{module_name}", __name__)
-    if module_name == "train":
-        # Importing the submodule sets this package's attribute `train` to the *module*; the public
-        # name is the function, so put it back whenever the function exists.
-        function = getattr(module, "train", None)
-        if callable(function):
-            globals()["train"] = function
     try:
         return getattr(module, name)
     except AttributeError:
