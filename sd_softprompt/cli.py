@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,6 +25,10 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Library chatter (e.g. transformers' "requires torchvision" notice on import) would bury the one line a
+    # user error gets; the env variables still win if a user sets them.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

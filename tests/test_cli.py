@@ -45,7 +45,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     )
     (root / "garbage.safetensors").write_bytes(b"this is not an embedding" * 8)
     (root / "not-a-pipeline").mkdir()
+    (root / "empty").mkdir()
     return {
+        "empty_dir": root / "empty",
         "sd1": root / "sd1.safetensors",
         "sdxl": root / "sdxl.safetensors",
         "flux": root / "flux.safetensors",
@@ -57,6 +59,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:
+    capsys.readouterr()  # drop what the fixtures printed (building tiny models), keep only the command's
     code = cli.main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -201,6 +204,11 @@ def _bad_cases():
         ("convert-garbage", lambda d, f: ["convert", f["garbage"], "--to", "kohya"], "garbage"),
         ("convert-no-layout", lambda d, f: ["convert", f["flux"], "--to", "a1111"], "a1111 cannot hold a flux"),
         ("train-missing-model", lambda d, f: ["train", "--model", f["no_model"], "--target", "a b c", "--steps", "1"], "no-such-model"),
+        ("train-missing-target", lambda d, f: ["train", "--model", d, "--mode", "text"], "--target is required"),
+        ("train-zero-vectors", lambda d, f: ["train", "--model", d, "--target", "a b", "--vectors", "0"], "--vectors must be"),
+        ("train-missing-folder", lambda d, f: ["train", "--model", d, "--mode", "images", "--images", f["missing"]], "not a folder"),
+        ("train-empty-folder", lambda d, f: ["train", "--model", d, "--mode", "images", "--images", f["empty_dir"]], "no png/jpg"),
+        ("train-unwritable-out", lambda d, f: ["train", "--model", d, "--target", "a b", "--out", f["garbage"] / "x.safetensors"], "cannot write there"),
     ]
     return cases
 
