@@ -220,7 +220,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "init": ("--init", {"help": "initial vectors: hard, random or words"}),
     "init_words": ("--init-words", {"help": "with --init words: the words to start from"}),
     "context": ("--context", {"action": "append", "metavar": "TEXT", "help": "extra context suffix (repeatable)"}),
-    "loss": ("--loss", {"help": "text mode: sequence, full or denoiser"}),
+    "loss": ("--loss", {"help": "text mode: denoiser, sequence (no denoiser needed per step) or full"}),
     "norm_weight": ("--norm-weight", {"type": float, "help": "pull vector norms towards the vocabulary's"}),
     "encoders": ("--encoders", {"nargs": "+", "metavar": "KEY", "help": "train only these encoder keys (e.g. t5xxl)"}),
     "tokens": ("--tokens", {"nargs": "+", "metavar": "TOKEN", "help": "placeholder token names (default [v1]..[vN])"}),
@@ -236,6 +236,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "eval_samples": ("--eval-samples", {"type": int, "help": "noisy latents in the denoiser-distance probe"}),
     "probe_size": ("--probe-size", {"type": int, "help": "image size of the probe (default: the model's, at most 512)"}),
     "device": ("--device", {"help": "cpu, cuda, cuda:1 (default: cuda if available, else cpu)"}),
+    "offload": ("--no-offload", {"action": "store_false", "help": "keep the VAE (and, in text mode with a state loss, the denoiser) on the device during training"}),
     "progress": ("--no-progress", {"action": "store_false", "help": "no progress bar"}),
 }
 

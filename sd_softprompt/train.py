@@ -11,7 +11,7 @@ import math
 import os
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -52,7 +52,7 @@ class TrainConfig:
     init: str = "hard"  # "hard" (the hard prompt's own token embeddings) | "random" | "words"
     init_words: str | None = None
     context: list[str] = field(default_factory=list)  # extra context suffixes (added to the built-in ones)
-    loss: str = "sequence"  # text mode: "sequence" | "full" | "denoiser" (see objectives.py)
+    loss: str = "denoiser"  # text mode: "denoiser" | "sequence" | "full" (see objectives.py and the README)
     norm_weight: float = 0.0  # >0 pulls vector norms towards the vocabulary's mean norm
     encoders: list[str] | None = None  # train only these encoder keys (e.g. ["t5xxl"]); default all
     tokens: list[str] | None = None  # placeholder names (default [v1]..[vN])
@@ -70,6 +70,7 @@ class TrainConfig:
     eval_samples: int = 8  # noisy latents in the denoiser-distance probe
     probe_size: int | None = None  # image size of the probe (default: the model's, at most 512)
     device: str | None = None
+    offload: bool = True  # park frozen parts a step does not run (VAE, text-mode denoiser) in CPU memory
     progress: bool = True
 
     @property
@@ -134,6 +135,34 @@ def trainable_rows(pipe, family: Family, tokens: list[str], vectors: dict[str, t
     finally:
         for text_encoder, base in swapped:
             text_encoder.set_input_embeddings(base)
+
+
+def unused_in_loop(cfg: TrainConfig, family: Family) -> list[str]:
+    """Frozen parts the training steps never run: the VAE once latents are cached (or always, in text
+    mode), and the denoiser in text mode unless the loss needs it (it comes back for the final measure)."""
+    names = ["vae"]
+    if cfg.mode == "text" and cfg.loss != "denoiser":
+        names.append("transformer" if family.objective == "flow" else "unet")
+    return names
+
+
+@contextmanager
+def moved_to(pipe, names: list[str], device: str | torch.device = "cpu"):
+    """Keep these components on `device` while the block runs, then put them back.
+
+    With device="cpu" this parks frozen parts a step does not run, leaving accelerator memory to those
+    that do (a real Flux transformer is 24 GB in bf16)."""
+    moved = []
+    try:
+        for name in names:
+            module = getattr(pipe, name, None)
+            if isinstance(module, torch.nn.Module) and module.device != torch.device(device):
+                moved.append((module, module.device))
+                module.to(device)
+        yield
+    finally:
+        for module, previous in moved:
+            module.to(previous)
 
 
 # ---------------------------------------------------------------- initial vectors
@@ -445,11 +474,12 @@ def _loop(cfg: TrainConfig, run: _Run) -> tuple[list[float], dict, float, int]:
     # per process, and there is no model to wrap, gradients are averaged by hand below.
     optimizer = acc.prepare(optimizer)
 
-    with trainable_rows(run.pipe, run.family, run.tokens, vectors):
+    with trainable_rows(run.pipe, run.family, run.tokens, vectors), ExitStack() as stack:
         if cfg.mode == "text":
             objective = TextObjective(run.pipe, run.family, cfg, soft_text)
         else:
             objective = ImageObjective(run.pipe, run.family, cfg, soft_text, run.tokens, run.log)
+        stack.enter_context(moved_to(run.pipe, unused_in_loop(cfg, run.family) if cfg.offload else []))
         fixed = {"before": _fixed_batch_loss(objective, acc)}
         t0 = time.perf_counter()
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (acc.is_main_process and cfg.progress), desc="train")
@@ -559,4 +589,7 @@ def _validate(pipe, cfg: TrainConfig, soft_text: str, step: int) -> None:
     folder = cfg.out_path.with_name(cfg.out_path.stem + ".validation")
     folder.mkdir(parents=True, exist_ok=True)
     size = min(cfg.resolution, 512)
-    run_grid(pipe, prompts, cfg.validation_seeds, steps=20, guidance=5.0, height=size, width=size, model_name=cfg.model, out=folder / f"step_{step:06d}.png")
+    device = pipe.text_encoder.device  # parked parts come back for the grid
+    with moved_to(pipe, ["vae", "unet", "transformer"], device):
+        run_grid(pipe, prompts, cfg.validation_seeds, steps=20, guidance=5.0, height=size, width=size,
+                 model_name=cfg.model, out=folder / f"step_{step:06d}.png", progress=False)

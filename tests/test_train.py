@@ -79,10 +79,10 @@ def test_image_mode_runs_and_lowers_loss(tmp_path, sd1, capsys):
 
 
 def test_nan_keeps_checkpoint_and_resume_matches_uninterrupted(tmp_path, sd1, monkeypatch):
-    full = train(text_config(tmp_path / "a", steps=6, checkpoint_every=3), pipe=sd1)
+    full = train(text_config(tmp_path / "a", steps=6, checkpoint_every=3, loss="sequence"), pipe=sd1)
     want = SoftPrompt.load(full.soft_prompt).vectors["clip_l"]
 
-    cfg = text_config(tmp_path / "b", steps=6, checkpoint_every=3)
+    cfg = text_config(tmp_path / "b", steps=6, checkpoint_every=3, loss="sequence")
     real = objectives.cond_loss
     calls = {"n": 0}
 
@@ -98,7 +98,7 @@ def test_nan_keeps_checkpoint_and_resume_matches_uninterrupted(tmp_path, sd1, mo
     assert torch.load(checkpoint_path(cfg.out_path), weights_only=True)["step"] == 3
     monkeypatch.setattr(objectives, "cond_loss", real)
 
-    resumed = train(text_config(tmp_path / "b", steps=6, checkpoint_every=3, resume=True), pipe=sd1)
+    resumed = train(text_config(tmp_path / "b", steps=6, checkpoint_every=3, loss="sequence", resume=True), pipe=sd1)
     assert len(resumed.metrics["losses"]) == 6
     assert torch.allclose(SoftPrompt.load(resumed.soft_prompt).vectors["clip_l"], want, atol=1e-6)
     assert not checkpoint_path(cfg.out_path).exists()
@@ -131,3 +131,17 @@ def test_bad_input_one_clear_error_and_nothing_written(tmp_path, change, message
     with pytest.raises(ConfigError, match=message):
         train(text_config(tmp_path, **change))
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_validation_grids_next_to_checkpoints(tmp_path, sd1):
+    folder = make_images(tmp_path / "pics")
+    cfg = TrainConfig(
+        model="tiny-sd1", out=str(tmp_path / "ti.safetensors"), mode="images", images=str(folder), vectors=2,
+        steps=4, resolution=64, batch_size=2, init="random", progress=False, checkpoint_every=0,
+        validate_every=2, validation_prompts=["a photo of {} on a table"], validation_seeds=[0, 1],
+    )
+    train(cfg, pipe=sd1)
+    grids = sorted((tmp_path / "ti.validation").glob("*.png"))
+    assert [g.name for g in grids] == ["step_000002.png", "step_000004.png"]
+    record = json.loads(grids[0].with_suffix(".json").read_text())
+    assert record["prompts"] == ["a photo of [v1][v2] on a table"] and record["seeds"] == [0, 1]
