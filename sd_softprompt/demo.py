@@ -74,9 +74,7 @@ def _run(out_dir: Path, family: str, steps: int, seed: int, device: str | None, 
     pipe = load_pipeline(str(model_dir), device=device, progress=progress)
     soft_path = out_dir / "sunrise.safetensors"
 
-    trained = _train(model_dir, soft_path, steps, seed, device, progress)
-    if trained is None:
-        trained = _random_soft_prompt(pipe, soft_path, seed)  # FALLBACK: delete with the block below
+    trained = _train(pipe, model_dir, soft_path, steps, seed, device, progress)
 
     tokens = load_soft_prompt(pipe, trained["soft_prompt"])
     grid, grid_json = run_grid(
@@ -106,12 +104,10 @@ def _run(out_dir: Path, family: str, steps: int, seed: int, device: str | None, 
     }
 
 
-def _train(model_dir: Path, out: Path, steps: int, seed: int, device: str | None, progress: bool) -> dict | None:
-    """Text-mode training of the sunrise soft prompt; None while train() does not exist yet."""
-    try:
-        from .train import TrainConfig, train
-    except ImportError:
-        return None
+def _train(pipe, model_dir: Path, out: Path, steps: int, seed: int, device: str | None, progress: bool) -> dict:
+    """Text-mode training of the sunrise soft prompt on the demo's pipeline."""
+    from .train import TrainConfig, train
+
     config = TrainConfig(
         model=str(model_dir),
         out=str(out),
@@ -123,40 +119,22 @@ def _train(model_dir: Path, out: Path, steps: int, seed: int, device: str | None
         name="sunrise",
         device=device,
         progress=progress,
+        probe_size=SIZE,  # the tiny model's own image size keeps the measure at a fraction of a second
     )
-    result = train(config)
-    return {"soft_prompt": result.soft_prompt, "report": result.report, "metrics": result.metrics, "trained": True}
+    result = train(config, pipe=pipe)
+    return {"soft_prompt": result.soft_prompt, "report": result.report, "metrics": result.metrics}
 
 
-# ---- FALLBACK until train() lands: delete from here to the end of the block --------------------
-def _random_soft_prompt(pipe, out: Path, seed: int) -> dict:
-    """Random vectors scaled to each encoder's mean vocabulary norm, saved where training would save."""
-    from .families import detect_family
-    from .format import SoftPrompt
-
-    generator = torch.Generator().manual_seed(seed)
-    vectors = {}
-    for encoder in detect_family(pipe).encoders:
-        table = getattr(pipe, encoder.text_encoder).get_input_embeddings().weight.detach().float().cpu()
-        rows = table[: getattr(pipe, encoder.tokenizer).vocab_size]
-        random = torch.randn(VECTORS, table.shape[1], generator=generator)
-        vectors[encoder.key] = random / random.norm(dim=1, keepdim=True) * rows.norm(dim=1).mean()
-    soft = SoftPrompt(vectors, metadata={"name": "sunrise", "note": "random vectors: train() was not available"})
-    soft.save(out)
-    return {"soft_prompt": out, "report": None, "metrics": {}, "trained": False}
-# ---- end of FALLBACK --------------------------------------------------------------------------
 
 
 def describe(result: dict[str, Any]) -> str:
     """Where everything went, and what the pictures are (noise)."""
-    how = "trained in text mode" if result["trained"] else "RANDOM vectors (train() is not available yet)"
     lines = [
         f"demo ({result['family']}) done in {result['seconds']} s, everything under {Path(result['grid']).parent}/",
         f"  tiny model    {result['model_dir']}",
-        f"  soft prompt   {result['soft_prompt']}  ({how})",
+        f"  soft prompt   {result['soft_prompt']}  (trained in text mode)",
     ]
-    if result.get("report"):
-        lines.append(f"  train report  {result['report']}")
+    lines.append(f"  train report  {result['report']}")
     lines += [
         f"  grid          {result['grid']}  (+ {Path(result['grid_json']).name}: what was run)",
         f"  inspection    {result['inspect']}",
