@@ -41,7 +41,7 @@ def sd_vae(**kw):
 
 
 def build(family: str):
-    from diffusers import (DDIMScheduler, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel,
+    from diffusers import (FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel,
                            StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel)
 
     if family == "sd1":

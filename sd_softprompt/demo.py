@@ -14,7 +14,8 @@ from typing import Any, Iterator
 import torch
 
 from .errors import ConfigError
-from .generate import DEFAULT_GUIDANCE, atomic_write, run_grid
+from .atomic import atomic_write
+from .generate import DEFAULT_GUIDANCE, run_grid
 from .inspection import format_inspection, inspect_file
 from .loader import load_soft_prompt
 from .pipeline import load_pipeline

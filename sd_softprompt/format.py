@@ -14,7 +14,6 @@ import os
 import pickle
 import pickletools
 import re
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .atomic import atomic_write
 from .errors import FormatError, InvalidVectorsError, SoftPromptError, UnsafeFileError
 
 __all__ = [
@@ -676,28 +676,6 @@ def _safetensors_job(target: Path, tensors: dict[str, torch.Tensor], header: dic
     return target, lambda tmp: save_file(tensors, str(tmp), metadata=header)
 
 
-def _atomic_write(jobs: list[tuple[Path, Callable[[Path], None]]]) -> list[Path]:
-    """Write every file to a temp file beside it, then move all into place.
-
-    All temp files are complete before the first os.replace, so a failing write never leaves
-    a partial or half-updated pair; temp files are removed on any failure.
-    """
-    temps: list[Path] = []
-    try:
-        for target, write in jobs:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            os.close(handle)
-            temps.append(Path(name))
-            write(temps[-1])
-        for (target, _), tmp in zip(jobs, temps):
-            os.replace(tmp, target)
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-    return [target for target, _ in jobs]
-
-
 def _only(prompt: SoftPrompt) -> torch.Tensor:
     return next(iter(prompt.vectors.values()))
 
@@ -712,7 +690,7 @@ def _write_native(prompt: SoftPrompt, path: Path) -> list[Path]:
             f"pipeline first (it picks the encoder by width) or key it by one of {', '.join(ENCODER_KEYS)}"
         )
     target = _file_target(path, prompt, ".safetensors")
-    return _atomic_write([_safetensors_job(target, prompt.vectors, _header(prompt, FORMAT_VERSION))])
+    return atomic_write([_safetensors_job(target, prompt.vectors, _header(prompt, FORMAT_VERSION))])
 
 
 def _diffusers_target(path: Path, second: bool = False) -> Path:
@@ -729,13 +707,13 @@ def _diffusers_token(prompt: SoftPrompt) -> str:
 
 def _write_diffusers_single(prompt: SoftPrompt, path: Path) -> list[Path]:
     tensors = {_diffusers_token(prompt): _only(prompt)}
-    return _atomic_write([_safetensors_job(_diffusers_target(path), tensors, _header(prompt, "pt"))])
+    return atomic_write([_safetensors_job(_diffusers_target(path), tensors, _header(prompt, "pt"))])
 
 
 def _write_diffusers_pair(prompt: SoftPrompt, path: Path) -> list[Path]:
     # diffusers' SDXL script: one file per text encoder, same token in both.
     token, header = _diffusers_token(prompt), _header(prompt, "pt")
-    return _atomic_write([
+    return atomic_write([
         _safetensors_job(_diffusers_target(path), {token: prompt.vectors["clip_l"]}, header),
         _safetensors_job(_diffusers_target(path, second=True), {token: prompt.vectors["clip_g"]}, header),
     ])
@@ -746,7 +724,7 @@ def _keyed_writer(file_keys: dict[str, str], target: Callable[[Path, SoftPrompt]
 
     def write(prompt: SoftPrompt, path: Path) -> list[Path]:
         tensors = {file_keys.get(key, key): tensor for key, tensor in prompt.vectors.items()}
-        return _atomic_write([_safetensors_job(target(path, prompt), tensors, _header(prompt, "pt"))])
+        return atomic_write([_safetensors_job(target(path, prompt), tensors, _header(prompt, "pt"))])
 
     return write
 
@@ -756,7 +734,7 @@ def _single_key_writer(file_key: str) -> _Writer:
 
     def write(prompt: SoftPrompt, path: Path) -> list[Path]:
         target = _file_target(path, prompt, ".safetensors")
-        return _atomic_write([_safetensors_job(target, {file_key: _only(prompt)}, _header(prompt, "pt"))])
+        return atomic_write([_safetensors_job(target, {file_key: _only(prompt)}, _header(prompt, "pt"))])
 
     return write
 
@@ -772,7 +750,7 @@ def _write_a1111_pt(prompt: SoftPrompt, path: Path) -> list[Path]:
         "sd_checkpoint_name": prompt.metadata.get("base_model"),
     }
     target = _file_target(path, prompt, ".pt")
-    return _atomic_write([(target, lambda tmp: torch.save(data, tmp))])
+    return atomic_write([(target, lambda tmp: torch.save(data, tmp))])
 
 
 def _int_or_zero(value: str | None) -> int:

@@ -8,16 +8,15 @@ Files are written to a temp file beside the target and renamed, so nothing is ev
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write
 from .errors import ConfigError
 from .families import FLUX_MAX_SEQUENCE_LENGTH, Family, detect_family
 from .grid import make_grid
@@ -26,15 +25,6 @@ from .loader import loaded_tokens
 # The pipelines' usual defaults; Flux (dev) uses distilled guidance, not classifier-free guidance.
 DEFAULT_GUIDANCE = {"sd1": 7.5, "sd2": 7.5, "sdxl": 5.0, "flux": 3.5}
 _FLUX_PIPELINE_SEQUENCE_LENGTH = 512  # FluxPipeline's own default max_sequence_length
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
 
 
 def default_guidance(pipe) -> float:
@@ -184,29 +174,6 @@ def _image_format(target: Path) -> str:
     if image_format is None or image_format not in Image.SAVE:  # some formats Pillow only reads
         raise ConfigError(f"{target}: {target.suffix!r} is not an image format Pillow writes; use .png")
     return image_format
-
-
-def atomic_write(jobs: list[tuple[Path, Callable[[Path], None]]]) -> list[Path]:
-    """Write each file to a temp file beside its target, then rename them all into place.
-
-    All temp files are complete before the first rename, so a failure leaves neither a partial file
-    nor an image without its record; temp files are removed on any failure.
-    """
-    temps: list[Path] = []
-    try:
-        for target, write in jobs:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            os.close(handle)
-            temps.append(Path(name))
-            write(temps[-1])
-            os.chmod(temps[-1], _FILE_MODE)  # mkstemp makes 0600; give the file the usual permissions
-        for (target, _), tmp in zip(jobs, temps):
-            os.replace(tmp, target)
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-    return [target for target, _ in jobs]
 
 
 def _version() -> str:

@@ -6,10 +6,8 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -20,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import objectives as obj
+from .atomic import atomic_write, write_json
 from .errors import ConfigError, SoftPromptError
 from .families import Encoder, Family, detect_family
 from .format import MAX_VECTORS, SoftPrompt
@@ -311,36 +310,22 @@ def checkpoint_path(out: Path) -> Path:
     return out.with_name(out.stem + ".checkpoint.pt")
 
 
-def _atomic_torch_save(obj_: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj_, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _run_key(cfg: TrainConfig) -> dict:
     """What a checkpoint must agree on to be resumed (not steps: the total may be extended)."""
     return {"model": cfg.model, "mode": cfg.mode, "target": cfg.target or "", "vectors": cfg.vectors, "loss": cfg.loss}
 
 
 def save_checkpoint(path: Path, cfg: TrainConfig, step: int, vectors, optimizer, losses: list[float]) -> None:
-    _atomic_torch_save(
-        {
-            "run": _run_key(cfg),
-            "step": step,
-            "vectors": {k: v.detach().cpu().clone() for k, v in vectors.items()},
-            "optimizer": optimizer.state_dict(),
-            # The data RNG is re-seeded from (seed, step, rank) every step, so (seed, step) is its whole state.
-            "rng": {"seed": cfg.seed, "torch": torch.get_rng_state()},
-            "losses": losses,
-        },
-        path,
-    )
+    state = {
+        "run": _run_key(cfg),
+        "step": step,
+        "vectors": {k: v.detach().cpu().clone() for k, v in vectors.items()},
+        "optimizer": optimizer.state_dict(),
+        # The data RNG is re-seeded from (seed, step, rank) every step, so (seed, step) is its whole state.
+        "rng": {"seed": cfg.seed, "torch": torch.get_rng_state()},
+        "losses": losses,
+    }
+    atomic_write([(path, lambda tmp: torch.save(state, tmp))])
 
 
 def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
@@ -561,7 +546,7 @@ def _finish(cfg: TrainConfig, run: _Run, losses: list[float], fixed: dict, wall:
                     soft.metadata[f"{where}_{ratio}"] = f"{metrics['distance'][where][ratio]:.4g}"
         cfg.out_path.parent.mkdir(parents=True, exist_ok=True)
         soft.save(cfg.out_path)
-        write_json_atomic(report, metrics)
+        write_json(report, metrics)
         checkpoint_path(cfg.out_path).unlink(missing_ok=True)  # the finished file supersedes the checkpoint
     acc.wait_for_everyone()
     return TrainResult(cfg.out_path, report, metrics)
@@ -570,13 +555,6 @@ def _finish(cfg: TrainConfig, run: _Run, losses: list[float], fixed: dict, wall:
 def _fixed_batch_loss(objective, accelerator) -> float:
     with torch.no_grad(), accelerator.autocast():
         return objective.loss(torch.Generator().manual_seed(777)).item()
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _validate(pipe, cfg: TrainConfig, soft_text: str, step: int) -> None:

@@ -21,16 +21,6 @@ FAST = ["--steps", "2", "--height", "64", "--width", "64"]
 COMMANDS = ["generate", "grid", "inspect", "demo", "convert", "train"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine two threads waiting on each other
-    make each op ~100x slower (conftest sets 2); these tests run on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     """Soft prompt files: one for the tiny SD1 model, one SDXL-shaped, one garbage."""

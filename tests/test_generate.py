@@ -19,16 +19,6 @@ from sd_softprompt.pipeline import load_pipeline, resolve_dtype
 FAST = dict(steps=2, guidance=5.0, height=64, width=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine two threads waiting on each other
-    make each op ~100x slower (conftest sets 2); these tests run on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _quiet(pipe):
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -14,16 +14,6 @@ from sd_softprompt.inspection import format_inspection, inspect_file, readable_t
 from sd_softprompt.loader import load_soft_prompt
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine two threads waiting on each other
-    make each op ~100x slower (conftest sets 2); these tests run on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _row(pipe, tokenizer: str, encoder: str, text: str) -> torch.Tensor:
     """The input embedding row of a whole-word token."""
     tok = getattr(pipe, tokenizer)
