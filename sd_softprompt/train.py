@@ -280,6 +280,10 @@ class ImageObjective:
             log(w)
         templates = STYLE_TEMPLATES if cfg.style else OBJECT_TEMPLATES
         vae = pipe.vae
+        side = cfg.resolution // pipe.vae_scale_factor
+        if family.latent_shape(pipe, cfg.resolution, cfg.resolution)[1:] != (side, side):
+            # Flux packs 2x2 latent patches: its sizes step by 16 px, SD's by 8
+            raise ConfigError(f"--resolution {cfg.resolution}: a {family.name} model needs a multiple of {2 * pipe.vae_scale_factor}")
         shift = vae.config.get("shift_factor") or 0.0  # Flux's VAE latents are shifted, SD's are not
         latents, self.captions = [], []
         with torch.no_grad():  # the VAE runs once per image, never per step

@@ -74,3 +74,16 @@ def test_train_only_t5(flux, tmp_path):
     init = torch.nn.functional.adaptive_avg_pool1d(table[hard_ids].T.unsqueeze(0), 2)[0].T
     assert torch.allclose(soft.vectors["clip_l"], init, atol=1e-6)
     assert soft.metadata["trained_encoders"] == "t5xxl"
+
+
+def test_flux_resolution_must_fit_packed_latents(flux, tmp_path):
+    from sd_softprompt.errors import ConfigError
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), "red").save(folder / "a.png")
+    cfg = TrainConfig(model="tiny-flux", out=str(tmp_path / "x.safetensors"), mode="images", images=str(folder),
+                      steps=1, resolution=72, init="random", progress=False)
+    with pytest.raises(ConfigError, match="--resolution 72: a flux model needs a multiple of 16"):
+        train(cfg, pipe=flux)
+    assert not (tmp_path / "x.safetensors").exists()
