@@ -149,12 +149,15 @@ def _reset(pipe, encoder: Encoder, state: _EncoderState) -> None:
         module.eos_token_id = value
 
 
-def load_soft_prompt(pipe, source: SoftPrompt | str | os.PathLike, tokens: list[str] | None = None, *, replace: bool = False) -> list[str]:
+def load_soft_prompt(
+    pipe, source: SoftPrompt | str | os.PathLike, tokens: list[str] | None = None, *, replace: bool = False, alias: str | None = None
+) -> list[str]:
     """Register a soft prompt's tokens in every text encoder it has vectors for; return the tokens.
 
     `source` is a file (any format `SoftPrompt.load` reads) or a `SoftPrompt`. `tokens` overrides the
     placeholder names (default: those stored in the file, `[v1]..[vN]`). Tokens already present are refused
-    unless `replace=True` and they were loaded by this package.
+    unless `replace=True` and they were loaded by this package. `alias` (e.g. "<sunrise>") is a name that
+    the pipeline's prompt encoding expands to all N tokens.
     """
     name = str(source) if not isinstance(source, SoftPrompt) else source.name
     soft = source if isinstance(source, SoftPrompt) else SoftPrompt.load(source)
@@ -176,7 +179,35 @@ def load_soft_prompt(pipe, source: SoftPrompt | str | os.PathLike, tokens: list[
 
     for encoder, vectors in pairs:
         _add(pipe, encoder, tokens, vectors)
+    if alias:
+        _aliases(pipe)[alias] = tokens
     return tokens
+
+
+_ALIASES_ATTR = "_sd_softprompt_aliases"
+
+
+def _aliases(pipe) -> dict[str, list[str]]:
+    """alias -> tokens. The pipelines pass every prompt through `maybe_convert_prompt` (diffusers' own hook
+    for multi-vector tokens); an instance-level wrapper expands the aliases there first."""
+    if _ALIASES_ATTR not in pipe.__dict__:
+        aliases: dict[str, list[str]] = {}
+        original = getattr(pipe, "maybe_convert_prompt", None)
+
+        def maybe_convert_prompt(prompt, tokenizer):
+            prompt = [_expand(p, aliases) for p in prompt] if isinstance(prompt, list) else _expand(prompt, aliases)
+            return original(prompt, tokenizer) if original else prompt
+
+        # object.__setattr__: diffusers pipelines treat attribute assignment as config registration.
+        object.__setattr__(pipe, _ALIASES_ATTR, aliases)
+        object.__setattr__(pipe, "maybe_convert_prompt", maybe_convert_prompt)
+    return pipe.__dict__[_ALIASES_ATTR]
+
+
+def _expand(prompt: str, aliases: dict[str, list[str]]) -> str:
+    for alias, tokens in aliases.items():
+        prompt = prompt.replace(alias, "".join(tokens))
+    return prompt
 
 
 def unload_soft_prompt(pipe, tokens: list[str] | str | None = None) -> None:
@@ -202,6 +233,19 @@ def unload_soft_prompt(pipe, tokens: list[str] | str | None = None) -> None:
         del states[key]
         if keep:
             _add(pipe, encoder, keep, kept)
+    _drop_aliases(pipe, set(loaded_tokens(pipe)))
+
+
+def _drop_aliases(pipe, loaded: set[str]) -> None:
+    """Forget aliases whose tokens are gone; with none left, take the prompt hook off the pipeline."""
+    aliases = pipe.__dict__.get(_ALIASES_ATTR)
+    if aliases is None:
+        return
+    for alias in [a for a, toks in aliases.items() if not set(toks) <= loaded]:
+        del aliases[alias]
+    if not aliases:
+        del pipe.__dict__[_ALIASES_ATTR]
+        del pipe.__dict__["maybe_convert_prompt"]
 
 
 def token_ids(pipe, encoder: Encoder, tokens: list[str]) -> list[int]:

@@ -179,3 +179,16 @@ def test_prompt_overflow_counts_soft_tokens(sd1):
     assert prompt_overflow(sd1, "[v1][v2][v3] " + " ".join(["lake"] * 72)) == []
     (warning,) = prompt_overflow(sd1, "[v1][v2][v3] " + words)
     assert "76 tokens" in warning and "3 of them soft" in warning and "last 1 were cut" in warning
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "flux"])
+def test_alias_expands_to_all_tokens(family, request):
+    pipe = request.getfixturevalue(family)
+    plain = encode(pipe, "<sunrise> mountain view")["states"]
+    load_soft_prompt(pipe, soft_for(pipe), alias="<sunrise>")
+    via_alias = encode(pipe, "<sunrise> mountain view")["states"]
+    assert torch.equal(via_alias, encode(pipe, "[v1][v2][v3] mountain view")["states"])
+    assert not torch.allclose(via_alias, plain)
+    unload_soft_prompt(pipe)
+    assert "maybe_convert_prompt" not in pipe.__dict__
+    assert torch.equal(encode(pipe, "<sunrise> mountain view")["states"], plain)
