@@ -33,3 +33,7 @@ class UnsupportedPipelineError(SoftPromptError):
 
 class ConfigError(SoftPromptError):
     """Bad training or generation settings (missing target, empty image folder, unwritable output...)."""
+
+
+class TrainingDiverged(SoftPromptError):
+    """The loss became NaN/inf; the run stopped and its last good checkpoint is kept."""

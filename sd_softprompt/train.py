@@ -1,6 +1,7 @@
 """One training loop for both objectives: only the N x width soft vectors learn.
 
-    text   (prompt distillation): match the conditioning of "<hard prompt> <context>", no images, no UNet
+    text   (prompt distillation): make "<soft> <context>" act like "<hard prompt> <context>" on the frozen
+                                  denoiser (or, with --loss sequence, on the encoders' states alone); no images
     images (textual inversion):   the denoiser's own loss on cached VAE latents of a folder of pictures
 """
 
@@ -19,14 +20,10 @@ from tqdm.auto import tqdm
 
 from . import objectives as obj
 from .atomic import atomic_write, write_json
-from .errors import ConfigError, SoftPromptError
+from .errors import ConfigError, TrainingDiverged
 from .families import Encoder, Family, detect_family
 from .format import MAX_VECTORS, SoftPrompt
 from .loader import load_soft_prompt, token_ids, unload_soft_prompt
-
-
-class TrainingDiverged(SoftPromptError):
-    """The loss became NaN/inf; the last good checkpoint is kept."""
 
 
 @dataclass
