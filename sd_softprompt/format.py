@@ -1,13 +1,16 @@
 """Soft-prompt files: one in-memory type, plus readers and writers for each tool's layout.
 
-Reading is by content, never by file extension: the first bytes say safetensors, torch.save zip
-or legacy pickle, and the dict's keys say which tool wrote it (one reader table). Writing goes
-through one writer table, keyed by format and then by layout (single encoder, SDXL pair, Flux).
-Pickles are only ever opened with ``torch.load(weights_only=True)``.
+Reading is by content, never by file extension: the first bytes say safetensors, torch.save zip,
+legacy pickle or PNG (an A1111 embedding image), and the dict's keys say which tool wrote it (one
+reader table). Writing goes through one writer table, keyed by format and then by layout (single
+encoder, SDXL pair, Flux).
+Pickles are only ever opened with ``torch.load(weights_only=True)``; embedding images are read as
+JSON data only.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -66,6 +70,13 @@ _UNDERSTOOD_LAYOUTS = (
     "A1111 string_to_param, kohya emb_params, OneTrainer emp_params"
 )
 _DIFFUSERS_FILE = "learned_embeds"
+
+# A1111 "embedding images": the .pt dict as base64 JSON in this PNG text chunk, tensors written by
+# its EmbeddingEncoder as {"TORCHTENSOR": nested lists} (modules/textual_inversion/image_embedding.py).
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PNG_CHUNK = "sd-ti-embedding"
+_PNG_TENSOR = "TORCHTENSOR"
+_MAX_PNG_EMBEDDING = 64 * 1024 * 1024  # decoded bytes; a 75 x 4096 embedding is well under 10 MB
 
 
 def default_tokens(n: int) -> list[str]:
@@ -334,6 +345,8 @@ def _stored_tokens(metadata: dict[str, str], n: int, notes: list[str]) -> list[s
 
 def _decode(path: Path, token: str | None) -> _Decoded:
     """Read one file and pick its layout reader from the reader table."""
+    if _sniff(path) == "png":
+        return _decode_png(path)
     content, header = _read_content(path)
     if isinstance(content, torch.Tensor):
         # A bare tensor (diffusers accepts these with an explicit token) has no name of its own.
@@ -378,9 +391,11 @@ def _sniff(path: Path) -> str:
         return "zip"  # torch.save's default format
     if head.startswith(b"\x80"):
         return "pickle"  # legacy torch.save
+    if head.startswith(_PNG_MAGIC):
+        return "png"  # maybe an A1111 embedding image
     raise FormatError(
         f"{path}: not an embedding file; understood are .safetensors, torch.save files "
-        f"(zip or legacy pickle): {_UNDERSTOOD_LAYOUTS}"
+        f"(zip or legacy pickle) and A1111 embedding PNGs: {_UNDERSTOOD_LAYOUTS}"
     )
 
 
@@ -412,6 +427,57 @@ def _read_pickle(path: Path) -> Any:
             f"{path}: unreadable torch file (truncated or corrupt: {_first_line(error)}); "
             f"re-export or re-download it"
         ) from None
+
+
+def _decode_png(path: Path) -> _Decoded:
+    """An A1111 embedding image: its .pt dict, read by the A1111 reader."""
+    content = _read_png_embedding(path)
+    if not isinstance(content, dict) or "string_to_param" not in content:
+        raise FormatError(
+            f"{path}: the {_PNG_CHUNK} chunk holds no string_to_param; not an A1111 embedding image"
+        )
+    decoded = _read_a1111(content, {}, str(path))
+    decoded.source_format = "a1111-png"
+    return decoded
+
+
+def _read_png_embedding(path: Path) -> Any:
+    """The JSON document in the PNG's sd-ti-embedding text chunk, tensors as float32."""
+    try:
+        with Image.open(path) as image:
+            # info has the chunks before the pixels (where A1111 writes it); text also reads those
+            # after them, but decodes the pixels to get there.
+            text = image.info.get(_PNG_CHUNK)
+            if not isinstance(text, str):
+                text = getattr(image, "text", {}).get(_PNG_CHUNK)
+    except Exception as error:  # PIL's own types for truncated/corrupt files and oversized chunks
+        raise FormatError(
+            f"{path}: unreadable PNG (truncated or corrupt: {_first_line(error)}); re-export or re-download it"
+        ) from None
+    if not isinstance(text, str):
+        raise FormatError(
+            f"{path}: a PNG without an {_PNG_CHUNK} text chunk; embeddings hidden only in the pixels "
+            f"are not read, save it from A1111 as .pt or .safetensors"
+        )
+    if len(text) // 4 * 3 > _MAX_PNG_EMBEDDING:
+        raise FormatError(
+            f"{path}: the {_PNG_CHUNK} chunk decodes to about {len(text) // 4 * 3 >> 20} MB, more than "
+            f"the {_MAX_PNG_EMBEDDING >> 20} MB an embedding needs; refused"
+        )
+    try:
+        return json.loads(base64.b64decode(text, validate=True), object_hook=_png_tensor)
+    except (ValueError, TypeError, RecursionError) as error:  # binascii, JSON, UTF-8, ragged lists
+        raise FormatError(
+            f"{path}: the {_PNG_CHUNK} chunk is not base64 of an A1111 embedding's JSON "
+            f"({_first_line(error)}); save it from A1111 as .pt or .safetensors"
+        ) from None
+
+
+def _png_tensor(obj: dict) -> Any:
+    # A1111's EmbeddingDecoder.object_hook, minus numpy's float64: lists of numbers only.
+    if _PNG_TENSOR in obj:
+        return torch.tensor(obj[_PNG_TENSOR], dtype=torch.float32)
+    return obj
 
 
 def _refusal(path: Path, message: str) -> str:

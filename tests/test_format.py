@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import pickle
 import random
 
 import pytest
 import torch
+from PIL import Image, PngImagePlugin
 from safetensors.torch import save_file
 
 import sd_softprompt.format as fmt
@@ -282,6 +285,82 @@ def test_read_a1111_pt(tmp_path, zipped):
     assert type(loaded.vectors["clip_l"]) is torch.Tensor  # not a Parameter
     assert loaded.metadata == {"name": "pekora", "steps": "19500", "base_model": "wd-1-2", "base_model_hash": "45dee52b"}
     assert loaded.source_format == "a1111"
+
+
+
+class _EmbeddingEncoder(json.JSONEncoder):
+    # A1111's EmbeddingEncoder (modules/textual_inversion/image_embedding.py).
+    def default(self, obj):
+        if isinstance(obj, torch.Tensor):
+            return {"TORCHTENSOR": obj.cpu().detach().numpy().tolist()}
+        return json.JSONEncoder.default(self, obj)
+
+
+def save_embedding_png(path, chunk=None) -> None:
+    """A preview PNG as A1111's training writes it: the .pt dict in an sd-ti-embedding text chunk."""
+    info = PngImagePlugin.PngInfo()
+    if chunk is not None:
+        info.add_text("sd-ti-embedding", chunk)
+    Image.new("RGB", (64, 64), (90, 120, 200)).save(path, "PNG", pnginfo=info)
+
+
+def a1111_b64(data: dict) -> bytes:
+    return base64.b64encode(json.dumps(data, cls=_EmbeddingEncoder).encode())  # embedding_to_b64
+
+
+@pytest.mark.parametrize("width, key", [(768, "clip_l"), (1024, "clip_h")])
+def test_read_a1111_embedding_png(tmp_path, width, key):
+    tensor = vectors(3, width)
+    data = {
+        "string_to_token": {"*": 265},
+        "string_to_param": {"*": torch.nn.Parameter(tensor.clone())},
+        "name": "pekora",
+        "step": 1500,
+        "sd_checkpoint": "45dee52b",
+        "sd_checkpoint_name": "wd-1-2",
+    }
+    path = tmp_path / "pekora-1500.png"
+    save_embedding_png(path, a1111_b64(data))
+    loaded = SoftPrompt.load(path)
+    assert set(loaded.vectors) == {key} and loaded.vectors[key].dtype == torch.float32
+    assert torch.equal(loaded.vectors[key], tensor)
+    assert loaded.metadata == {"name": "pekora", "steps": "1500", "base_model": "wd-1-2", "base_model_hash": "45dee52b"}
+    assert loaded.source_format == "a1111-png"
+    assert SoftPrompt.load(path, token="<usada>").name == "usada"
+    path.rename(tmp_path / "renamed.pt")  # content, not the extension, decides
+    assert SoftPrompt.load(tmp_path / "renamed.pt").source_format == "a1111-png"
+
+
+def test_embedding_png_without_chunk_or_with_garbage(tmp_path):
+    plain = tmp_path / "preview.png"
+    save_embedding_png(plain)
+    with pytest.raises(FormatError, match=r"preview\.png: a PNG without an sd-ti-embedding text chunk; .*pixels"):
+        SoftPrompt.load(plain)
+    chunks = {
+        "not-base64": "this is %%% not base64!",
+        "not-json": base64.b64encode(b"{not json").decode(),
+        "ragged": a1111_b64({"string_to_param": {"*": {"TORCHTENSOR": [[1.0, 2.0], [3.0]]}}}).decode(),
+        "strings": a1111_b64({"string_to_param": {"*": {"TORCHTENSOR": ["x"]}}}).decode(),
+    }
+    for stem, chunk in chunks.items():
+        save_embedding_png(tmp_path / f"{stem}.png", chunk)
+        with pytest.raises(FormatError, match=rf"{stem}\.png: the sd-ti-embedding chunk is not base64"):
+            SoftPrompt.load(tmp_path / f"{stem}.png")
+    save_embedding_png(tmp_path / "other.png", a1111_b64({"emb_params": vectors(1, 768)}))
+    with pytest.raises(FormatError, match=r"other\.png: the sd-ti-embedding chunk holds no string_to_param"):
+        SoftPrompt.load(tmp_path / "other.png")
+
+
+def test_embedding_png_size_guard_and_broken_png(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    save_embedding_png(path, a1111_b64({"string_to_param": {"*": vectors(2, 768)}, "name": "big"}))
+    monkeypatch.setattr(fmt, "_MAX_PNG_EMBEDDING", 1024)
+    with pytest.raises(FormatError, match=r"big\.png: the sd-ti-embedding chunk decodes to .* refused"):
+        SoftPrompt.load(path)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(FormatError, match=r"cut\.png: unreadable PNG"):
+        SoftPrompt.load(cut)
 
 
 def test_read_kohya_emb_params(tmp_path):
