@@ -233,6 +233,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "validation_seeds": ("--validation-seeds", {"type": int, "nargs": "+", "metavar": "SEED", "help": "validation seeds"}),
     "checkpoint_every": ("--checkpoint-every", {"type": int, "help": "steps between checkpoints"}),
     "resume": ("--resume", {"action": "store_true", "help": "continue from the checkpoint beside --out"}),
+    "probe_pool": ("--probe-pool", {"type": int, "help": "denoiser loss: noisy latents per context whose targets are computed once"}),
     "eval_samples": ("--eval-samples", {"type": int, "help": "noisy latents in the denoiser-distance probe"}),
     "probe_size": ("--probe-size", {"type": int, "help": "image size of the probe (default: the model's, at most 512)"}),
     "device": ("--device", {"help": "cpu, cuda, cuda:1 (default: cuda if available, else cpu)"}),

@@ -63,6 +63,7 @@ class TrainConfig:
     # bookkeeping
     checkpoint_every: int = 100
     resume: bool = False
+    probe_pool: int = 32  # denoiser loss: noisy latents per context whose hard-prompt targets are computed once
     eval_samples: int = 8  # noisy latents in the denoiser-distance probe
     probe_size: int | None = None  # image size of the probe (default: the model's, at most 512)
     device: str | None = None
@@ -202,20 +203,37 @@ class TextObjective:
         # tokenize alike; Flux: T5), so its token counts set the alignment.
         self.alignment = obj.alignment(getattr(pipe, family.encoders[-1].tokenizer), cfg.target, cfg.vectors)
         if cfg.loss == "denoiser":
-            self.size = cfg.probe_size or min(obj.default_size(pipe, family), 256)
+            self._pool_targets(cfg.probe_size or min(obj.default_size(pipe, family), 256))
+
+    def _pool_targets(self, size: int) -> None:
+        """The denoiser's outputs for the hard prompt are frozen targets too: a pool of noisy latents per
+        context, predicted once, instead of one extra denoiser forward every step."""
+        n = len(self.contexts) * self.cfg.probe_pool
+        self.probe = obj.Probe.make(self.pipe, self.family, n, size, seed=self.cfg.seed + 7)
+        self.context_of = torch.arange(n) % len(self.contexts)
+        with torch.no_grad():
+            chunks = []
+            for i in range(0, n, 8):
+                ctx = self.context_of[i : i + 8]
+                cond = {k: v[ctx.to(v.device)] for k, v in self.targets.items()}
+                chunks.append(self.family.predict(self.pipe, self.probe.x_t[i : i + 8], self.probe.t[i : i + 8], cond))
+        self.want = torch.cat(chunks)
+        self.want_var = self.want.float().var().clamp_min(1e-8)
 
     def loss(self, generator: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(len(self.contexts), (self.cfg.batch_size,), generator=generator)
+        if self.cfg.loss == "denoiser":
+            pick = torch.randint(len(self.context_of), (self.cfg.batch_size,), generator=generator)
+            idx = self.context_of[pick]
+        else:
+            idx = torch.randint(len(self.contexts), (self.cfg.batch_size,), generator=generator)
         pred = self.family.encode(self.pipe, [obj.join(self.soft_text, self.contexts[i]) for i in idx])
-        device = pred["states"].device
-        target = {k: v[idx.to(v.device)].to(device) for k, v in self.targets.items()}
         if self.cfg.loss != "denoiser":
+            device = pred["states"].device
+            target = {k: v[idx.to(v.device)].to(device) for k, v in self.targets.items()}
             return obj.cond_loss(self.cfg.loss, pred, target, self.alignment, self.scale)
-        probe = obj.Probe.make(self.pipe, self.family, self.cfg.batch_size, self.size, seed=int(torch.randint(1 << 30, (1,), generator=generator)))
-        with torch.no_grad():
-            want = self.family.predict(self.pipe, probe.x_t, probe.t, target)
-        got = self.family.predict(self.pipe, probe.x_t, probe.t, pred)
-        return F.mse_loss(got.float(), want.float()) / want.float().var().clamp_min(1e-8)
+        pick = pick.to(self.probe.x_t.device)
+        got = self.family.predict(self.pipe, self.probe.x_t[pick], self.probe.t[pick], pred)
+        return F.mse_loss(got.float(), self.want[pick].float()) / self.want_var
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
@@ -350,8 +368,8 @@ def _check_config(cfg: TrainConfig) -> None:
         scan_images(cfg.images)
     if not 1 <= cfg.vectors <= MAX_VECTORS:
         raise ConfigError(f"--vectors must be between 1 and {MAX_VECTORS}, not {cfg.vectors}")
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
-        raise ConfigError("--steps, --batch-size and --grad-accum must be at least 1")
+    if min(cfg.steps, cfg.batch_size, cfg.grad_accum, cfg.probe_pool, cfg.eval_samples) < 1:
+        raise ConfigError("--steps, --batch-size, --grad-accum, --probe-pool and --eval-samples must be at least 1")
     if cfg.loss not in obj.LOSSES:
         raise ConfigError(f"--loss must be one of {', '.join(obj.LOSSES)}, not {cfg.loss!r}")
     if cfg.init not in ("hard", "random", "words") or (cfg.init == "words" and not cfg.init_words):
