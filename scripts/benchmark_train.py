@@ -115,7 +115,7 @@ def main() -> None:
         m = train(cfg, pipe=pipe).metrics
     out = {"family": args.family, "mode": args.mode, "device": args.device, "dtype": args.dtype, "batch_size": args.batch_size,
            "resolution": args.resolution if args.mode == "images" else None, "params_millions": params, "build_s": built,
-           "steps": args.steps, "steps_per_s": m["steps_per_s"], "train_wall_s": m["wall_time_s"], "peak_memory_mb": m["peak_memory_mb"]}
+           "steps": args.steps, "setup_s": m["setup_time_s"], "steps_per_s": m["steps_per_s"], "train_wall_s": m["wall_time_s"], "peak_memory_mb": m["peak_memory_mb"]}
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

@@ -452,14 +452,14 @@ def train(cfg: TrainConfig, pipe=None) -> TrainResult:
     _check_config(cfg)
     run = _setup(cfg, pipe)
     try:
-        losses, fixed, wall, start = _loop(cfg, run)
-        return _finish(cfg, run, losses, fixed, wall, start)
+        losses, fixed, timing, start = _loop(cfg, run)
+        return _finish(cfg, run, losses, fixed, timing, start)
     finally:
         unload_soft_prompt(run.pipe, run.tokens)  # also after an error
 
 
-def _loop(cfg: TrainConfig, run: _Run) -> tuple[list[float], dict, float, int]:
-    """The training loop. Returns the losses, the fixed-batch loss before/after, wall time, first step."""
+def _loop(cfg: TrainConfig, run: _Run) -> tuple[list[float], dict, dict, int]:
+    """The training loop. Returns the losses, the fixed-batch loss before/after, timings, first step."""
     acc, vectors, soft_text = run.accelerator, run.vectors, "".join(run.tokens)
     norms = {k: vocab_norm(run.pipe, run.family.encoder(k)) for k in vectors}
     ckpt = checkpoint_path(cfg.out_path)
@@ -479,12 +479,14 @@ def _loop(cfg: TrainConfig, run: _Run) -> tuple[list[float], dict, float, int]:
     optimizer = acc.prepare(optimizer)
 
     with trainable_rows(run.pipe, run.family, run.tokens, vectors), ExitStack() as stack:
+        t0 = time.perf_counter()
         if cfg.mode == "text":
             objective = TextObjective(run.pipe, run.family, cfg, soft_text)
         else:
             objective = ImageObjective(run.pipe, run.family, cfg, soft_text, run.tokens, run.log)
         stack.enter_context(moved_to(run.pipe, unused_in_loop(cfg, run.family) if cfg.offload else []))
         fixed = {"before": _fixed_batch_loss(objective, acc)}
+        timing = {"setup_s": time.perf_counter() - t0}  # frozen targets, target pool or VAE latents, once
         t0 = time.perf_counter()
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (acc.is_main_process and cfg.progress), desc="train")
         for step in bar:
@@ -515,12 +517,12 @@ def _loop(cfg: TrainConfig, run: _Run) -> tuple[list[float], dict, float, int]:
             if acc.is_main_process and cfg.validate_every and done % cfg.validate_every == 0:
                 _validate(run.pipe, cfg, soft_text, done)
         bar.close()
-        wall = time.perf_counter() - t0
+        timing["loop_s"] = time.perf_counter() - t0
         fixed["after"] = _fixed_batch_loss(objective, acc)
-    return losses, fixed, wall, start
+    return losses, fixed, timing, start
 
 
-def _finish(cfg: TrainConfig, run: _Run, losses: list[float], fixed: dict, wall: float, start: int) -> TrainResult:
+def _finish(cfg: TrainConfig, run: _Run, losses: list[float], fixed: dict, timing: dict, start: int) -> TrainResult:
     """Measure, then write the soft prompt and its report (main process), and drop the checkpoint."""
     pipe, family, acc = run.pipe, run.family, run.accelerator
     # Encoders left out of --encoders keep their initial vectors: the file then behaves as in training.
@@ -536,8 +538,9 @@ def _finish(cfg: TrainConfig, run: _Run, losses: list[float], fixed: dict, wall:
         "loss_last": losses[-1],
         # the same batch (contexts or images, noise, timesteps) before and after: a noise-free progress figure
         "fixed_batch_loss": fixed,
-        "wall_time_s": wall,
-        "steps_per_s": (cfg.steps - start) / wall if wall > 0 else None,
+        "setup_time_s": timing["setup_s"],
+        "wall_time_s": timing["loop_s"],  # the steps alone
+        "steps_per_s": (cfg.steps - start) / timing["loop_s"] if timing["loop_s"] > 0 else None,
         "peak_memory_mb": _peak_memory_mb(acc.device),
         "processes": acc.num_processes,
         "vector_norms": {k: v.norm(dim=1).tolist() for k, v in final.items()},
