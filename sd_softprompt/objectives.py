@@ -1,7 +1,7 @@
 """What training compares, and the measure of success.
 
-- Text target (prompt distillation): the conditioning the denoiser consumes for "<soft tokens> <context>"
-  against the cached conditioning of "<hard prompt> <context>".
+- Text target (prompt distillation): "<soft tokens> <context>" against the cached "<hard prompt> <context>",
+  compared where the model uses them: the denoiser's output (default), or the conditioning states.
 - Image reconstruction (textual inversion): the denoiser's own training loss on cached VAE latents.
 - The measure: denoiser-space distance D(p) = mean ||f(x_t, t, enc(p)) - f(x_t, t, enc(ref))||^2 on fixed
   random noisy latents and timesteps, f being the pipeline's UNet / Flux transformer.
@@ -36,7 +36,7 @@ CONTEXTS = [
 # Held out from training: the composition part of the measure.
 EVAL_CONTEXTS = ["", "mountain view", "with a small boat", "pencil sketch"]
 
-LOSSES = ("sequence", "full", "denoiser")
+LOSSES = ("denoiser", "sequence", "full")
 
 
 def join(prefix: str, context: str) -> str:
@@ -172,17 +172,19 @@ def default_size(pipe, family: Family) -> int:
 
 
 @torch.no_grad()
-def denoiser_distance(pipe, family: Family, prompts: list[str], refs: list[str], probe: Probe, batch: int = 4) -> float:
-    """Mean over prompt pairs and probe samples of ||f(x_t, t, enc(p)) - f(x_t, t, enc(ref))||^2."""
-    total = 0.0
-    for p, r in zip(prompts, refs):
-        cp, cr = family.encode(pipe, [p]), family.encode(pipe, [r])
-        for i in range(0, probe.x_t.shape[0], batch):
-            x, t = probe.x_t[i : i + batch], probe.t[i : i + batch]
-            rep = lambda c: {k: v.expand(x.shape[0], *v.shape[1:]) for k, v in c.items()}  # noqa: E731
-            diff = family.predict(pipe, x, t, rep(cp)).float() - family.predict(pipe, x, t, rep(cr)).float()
-            total += diff.pow(2).mean(dim=tuple(range(1, diff.dim()))).sum().item()
-    return total / (len(prompts) * probe.x_t.shape[0])
+def predictions(pipe, family: Family, prompt: str, probe: Probe, batch: int = 4) -> torch.Tensor:
+    """The denoiser's outputs for one prompt on every probe sample, in float32."""
+    cond = family.encode(pipe, [prompt])
+    out = []
+    for i in range(0, probe.x_t.shape[0], batch):
+        x, t = probe.x_t[i : i + batch], probe.t[i : i + batch]
+        out.append(family.predict(pipe, x, t, {k: v.expand(x.shape[0], *v.shape[1:]) for k, v in cond.items()}).float())
+    return torch.cat(out)
+
+
+def distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over probe samples of the per-sample mean squared difference."""
+    return (a - b).pow(2).mean(dim=tuple(range(1, a.dim()))).mean().item()
 
 
 def first_words(hard: str, n: int) -> str:
@@ -194,8 +196,11 @@ def distance_report(pipe, family: Family, soft_text: str, hard: str, n: int, pro
     candidates = {"soft": soft_text, "first_n_words": first_words(hard, n), "empty": ""}
     report: dict = {"contexts": list(contexts), "probe_samples": int(probe.x_t.shape[0])}
     for where, ctxs in (("alone", [""]), ("composed", [c for c in contexts if c])):
-        refs = [join(hard, c) for c in ctxs]
-        d = {name: denoiser_distance(pipe, family, [join(p, c) for c in ctxs], refs, probe) for name, p in candidates.items()}
+        refs = {c: predictions(pipe, family, join(hard, c), probe) for c in ctxs}  # once, shared by candidates
+        d = {
+            name: sum(distance(predictions(pipe, family, join(p, c), probe), refs[c]) for c in ctxs) / len(ctxs)
+            for name, p in candidates.items()
+        }
         report[where] = {
             "D": d,
             "ratio_to_first_n_words": d["soft"] / max(d["first_n_words"], 1e-12),
