@@ -190,7 +190,8 @@ def initial_vectors(pipe, family: Family, cfg: TrainConfig, generator: torch.Gen
 
 # ---------------------------------------------------------------- objectives
 class TextObjective:
-    """Distil the hard prompt: conditioning of "<soft> <context>" vs cached "<hard> <context>"."""
+    """Distil the hard prompt: "<soft> <context>" against the cached "<hard> <context>", compared on the
+    denoiser's output (--loss denoiser) or on the conditioning states (sequence, full)."""
 
     def __init__(self, pipe, family: Family, cfg: TrainConfig, soft_text: str):
         self.pipe, self.family, self.cfg, self.soft_text = pipe, family, cfg, soft_text
@@ -223,17 +224,17 @@ class TextObjective:
     def loss(self, generator: torch.Generator) -> torch.Tensor:
         if self.cfg.loss == "denoiser":
             pick = torch.randint(len(self.context_of), (self.cfg.batch_size,), generator=generator)
-            idx = self.context_of[pick]
-        else:
-            idx = torch.randint(len(self.contexts), (self.cfg.batch_size,), generator=generator)
-        pred = self.family.encode(self.pipe, [obj.join(self.soft_text, self.contexts[i]) for i in idx])
-        if self.cfg.loss != "denoiser":
-            device = pred["states"].device
-            target = {k: v[idx.to(v.device)].to(device) for k, v in self.targets.items()}
-            return obj.cond_loss(self.cfg.loss, pred, target, self.alignment, self.scale)
-        pick = pick.to(self.probe.x_t.device)
-        got = self.family.predict(self.pipe, self.probe.x_t[pick], self.probe.t[pick], pred)
-        return F.mse_loss(got.float(), self.want[pick].float()) / self.want_var
+            pred = self._encode_soft(self.context_of[pick])
+            pick = pick.to(self.probe.x_t.device)
+            got = self.family.predict(self.pipe, self.probe.x_t[pick], self.probe.t[pick], pred)
+            return F.mse_loss(got.float(), self.want[pick].float()) / self.want_var
+        idx = torch.randint(len(self.contexts), (self.cfg.batch_size,), generator=generator)
+        pred = self._encode_soft(idx)
+        target = {k: v[idx.to(v.device)].to(pred["states"].device) for k, v in self.targets.items()}
+        return obj.cond_loss(self.cfg.loss, pred, target, self.alignment, self.scale)
+
+    def _encode_soft(self, contexts: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.family.encode(self.pipe, [obj.join(self.soft_text, self.contexts[i]) for i in contexts])
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
