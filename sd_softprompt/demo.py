@@ -15,7 +15,8 @@ import torch
 
 from .errors import ConfigError
 from .atomic import atomic_write
-from .generate import DEFAULT_GUIDANCE, run_grid
+from .families import FAMILIES
+from .generate import run_grid
 from .inspection import format_inspection, inspect_file
 from .loader import load_soft_prompt
 from .pipeline import load_pipeline
@@ -83,7 +84,7 @@ def _run(out_dir: Path, family: str, steps: int, seed: int, device: str | None, 
         demo_prompts(tokens),
         SEEDS,
         steps=GENERATE_STEPS,
-        guidance=DEFAULT_GUIDANCE[family],
+        guidance=FAMILIES[family].guidance,
         height=SIZE,
         width=SIZE,
         model_name=f"tiny-{family} (random weights)",

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import UnsupportedPipelineError
+from .errors import ConfigError, UnsupportedPipelineError
 
 Cond = dict[str, torch.Tensor]  # "states": [B, L, D] token states; "pooled": [B, P] when the family has one
 
@@ -33,8 +33,12 @@ class Family:
     encode: Callable[[Any, list[str]], Cond]  # (pipe, prompts) -> conditioning, differentiable
     predict: Callable[[Any, torch.Tensor, torch.Tensor, Cond], torch.Tensor]  # (pipe, x_t, t, cond) -> output
     latent_shape: Callable[[Any, int, int], tuple[int, ...]]  # (pipe, height, width) -> one sample's latent
-    objective: str  # "epsilon" / "v_prediction" (read from the scheduler) or "flow"
-    pooled_from: str | None  # text_encoder attribute whose pooled output conditions the denoiser
+    objective: str  # "scheduler" (epsilon / v_prediction, read from its config) or "flow"
+    denoiser: str  # pipeline attribute of the denoiser: "unet" or "transformer"
+    latent_patch: int  # latent pixels per denoiser token side (Flux packs 2x2): sizes step by VAE factor x this
+    native_size: Callable[[Any], int]  # (pipe) -> the model's default image size in pixels
+    guidance: float  # the pipeline's usual guidance scale (Flux dev: distilled guidance)
+    call_kwargs: Callable[[Any, str | None], dict]  # (pipe, negative prompt) -> extra pipeline-call arguments
 
     def encoder(self, key: str) -> Encoder:
         return next(e for e in self.encoders if e.key == key)
@@ -109,6 +113,27 @@ def _predict_flux(pipe, x_t, t, cond: Cond):
     return pipe._unpack_latents(out, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor, pipe.vae_scale_factor)
 
 
+def _sd_call(pipe, negative_prompt: str | None) -> dict:
+    return {} if negative_prompt is None else {"negative_prompt": negative_prompt}
+
+
+def _flux_call(pipe, negative_prompt: str | None) -> dict:
+    if negative_prompt:
+        raise ConfigError("Flux is guidance-distilled and takes no negative prompt; leave --negative-prompt out")
+    # Encode with the T5 window training uses; it differs from the pipeline's default (512) only for
+    # checkpoints whose tokenizer is shorter (schnell: 256).
+    window = min(FLUX_MAX_SEQUENCE_LENGTH, pipe.tokenizer_2.model_max_length)
+    return {} if window == FLUX_MAX_SEQUENCE_LENGTH else {"max_sequence_length": window}
+
+
+def _unet_size(pipe) -> int:
+    return int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
+
+
+def _flux_size(pipe) -> int:
+    return 128 * pipe.vae_scale_factor  # FluxPipeline.default_sample_size: 1024 px on the real model
+
+
 def _unet_latent(pipe, height: int, width: int):
     return (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
 
@@ -120,38 +145,22 @@ def _flux_latent(pipe, height: int, width: int):
 
 
 CLIP_L = Encoder("clip_l", "tokenizer", "text_encoder", 768)
+_UNET = dict(latent_shape=_unet_latent, objective="scheduler", denoiser="unet", latent_patch=1, native_size=_unet_size, call_kwargs=_sd_call)
 
 FAMILIES: dict[str, Family] = {
-    "sd1": Family("sd1", "Stable Diffusion 1.x", (CLIP_L,), _encode_sd, _predict_sd, _unet_latent, "scheduler", None),
+    "sd1": Family("sd1", "Stable Diffusion 1.x", (CLIP_L,), _encode_sd, _predict_sd, guidance=7.5, **_UNET),
     "sd2": Family(
-        "sd2",
-        "Stable Diffusion 2.x",
-        (Encoder("clip_h", "tokenizer", "text_encoder", 1024),),
-        _encode_sd,
-        _predict_sd,
-        _unet_latent,
-        "scheduler",
-        None,
+        "sd2", "Stable Diffusion 2.x", (Encoder("clip_h", "tokenizer", "text_encoder", 1024),), _encode_sd, _predict_sd,
+        guidance=7.5, **_UNET,
     ),
     "sdxl": Family(
-        "sdxl",
-        "Stable Diffusion XL",
-        (CLIP_L, Encoder("clip_g", "tokenizer_2", "text_encoder_2", 1280)),
-        _encode_sdxl,
-        _predict_sdxl,
-        _unet_latent,
-        "scheduler",
-        "text_encoder_2",
+        "sdxl", "Stable Diffusion XL", (CLIP_L, Encoder("clip_g", "tokenizer_2", "text_encoder_2", 1280)), _encode_sdxl,
+        _predict_sdxl, guidance=5.0, **_UNET,
     ),
     "flux": Family(
-        "flux",
-        "Flux",
-        (CLIP_L, Encoder("t5xxl", "tokenizer_2", "text_encoder_2", 4096)),
-        _encode_flux,
-        _predict_flux,
-        _flux_latent,
-        "flow",
-        "text_encoder",
+        "flux", "Flux", (CLIP_L, Encoder("t5xxl", "tokenizer_2", "text_encoder_2", 4096)), _encode_flux, _predict_flux,
+        latent_shape=_flux_latent, objective="flow", denoiser="transformer", latent_patch=2, native_size=_flux_size,
+        guidance=FLUX_GUIDANCE, call_kwargs=_flux_call,
     ),
 }
 

@@ -18,17 +18,15 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_write
 from .errors import ConfigError
-from .families import FLUX_MAX_SEQUENCE_LENGTH, Family, detect_family
+from .families import Family, detect_family
 from .grid import make_grid
 from .loader import loaded_tokens
 
-# The pipelines' usual defaults; Flux (dev) uses distilled guidance, not classifier-free guidance.
-DEFAULT_GUIDANCE = {"sd1": 7.5, "sd2": 7.5, "sdxl": 5.0, "flux": 3.5}
-_FLUX_PIPELINE_SEQUENCE_LENGTH = 512  # FluxPipeline's own default max_sequence_length
 
 
 def default_guidance(pipe) -> float:
-    return DEFAULT_GUIDANCE[detect_family(pipe).name]
+    """The pipeline's usual guidance scale (Flux dev: distilled guidance, not classifier-free)."""
+    return detect_family(pipe).guidance
 
 
 def generate(
@@ -52,27 +50,15 @@ def generate(
         width=width,
         generator=torch.Generator("cpu").manual_seed(seed),
     )
-    kwargs.update(_family_kwargs(pipe, family, negative_prompt))
+    kwargs.update(family.call_kwargs(pipe, negative_prompt))
     with torch.inference_mode():
         return pipe(**kwargs).images[0]
-
-
-def _family_kwargs(pipe, family: Family, negative_prompt: str | None) -> dict:
-    if family.name != "flux":
-        return {} if negative_prompt is None else {"negative_prompt": negative_prompt}
-    if negative_prompt:
-        raise ConfigError("Flux is guidance-distilled and takes no negative prompt; leave --negative-prompt out")
-    # Encode with the T5 window training used (families.py), which differs from the pipeline's default
-    # only for checkpoints whose tokenizer is shorter (schnell: 256).
-    window = min(FLUX_MAX_SEQUENCE_LENGTH, pipe.tokenizer_2.model_max_length)
-    return {} if window == _FLUX_PIPELINE_SEQUENCE_LENGTH else {"max_sequence_length": window}
 
 
 def _check_settings(pipe, family: Family, steps: int, height: int | None, width: int | None) -> None:
     if steps < 1:
         raise ConfigError(f"steps {steps}: need at least 1 inference step")
-    # Flux packs 2x2 latent patches, so its sizes go in steps of twice the VAE factor.
-    multiple = pipe.vae_scale_factor * (2 if family.name == "flux" else 1)
+    multiple = pipe.vae_scale_factor * family.latent_patch
     for name, size in (("height", height), ("width", width)):
         if size is not None and (size < multiple or size % multiple):
             lower = max(multiple, size - size % multiple)

@@ -159,16 +159,12 @@ class Probe:
 
 
 def denoiser(pipe, family: Family):
-    return pipe.transformer if family.objective == "flow" else pipe.unet
+    return getattr(pipe, family.denoiser)
 
 
 def default_size(pipe, family: Family) -> int:
-    """The model's default resolution (Flux: 128 latent units), capped at 512 px to keep the probe cheap."""
-    if family.objective == "flow":
-        native = 128 * pipe.vae_scale_factor
-    else:
-        native = int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
-    return min(native, 512)
+    """The model's default resolution, capped at 512 px to keep the probe cheap."""
+    return min(family.native_size(pipe), 512)
 
 
 @torch.no_grad()

@@ -139,7 +139,7 @@ def unused_in_loop(cfg: TrainConfig, family: Family) -> list[str]:
     mode), and the denoiser in text mode unless the loss needs it (it comes back for the final measure)."""
     names = ["vae"]
     if cfg.mode == "text" and cfg.loss != "denoiser":
-        names.append("transformer" if family.objective == "flow" else "unet")
+        names.append(family.denoiser)
     return names
 
 
@@ -296,10 +296,9 @@ class ImageObjective:
             log(w)
         templates = STYLE_TEMPLATES if cfg.style else OBJECT_TEMPLATES
         vae = pipe.vae
-        side = cfg.resolution // pipe.vae_scale_factor
-        if family.latent_shape(pipe, cfg.resolution, cfg.resolution)[1:] != (side, side):
-            # Flux packs 2x2 latent patches: its sizes step by 16 px, SD's by 8
-            raise ConfigError(f"--resolution {cfg.resolution}: a {family.name} model needs a multiple of {2 * pipe.vae_scale_factor}")
+        multiple = pipe.vae_scale_factor * family.latent_patch
+        if cfg.resolution % multiple:
+            raise ConfigError(f"--resolution {cfg.resolution}: a {family.name} model needs a multiple of {multiple}")
         shift = vae.config.get("shift_factor") or 0.0  # Flux's VAE latents are shifted, SD's are not
         latents, self.captions = [], []
         with torch.no_grad():  # the VAE runs once per image, never per step
@@ -591,6 +590,6 @@ def _validate(pipe, cfg: TrainConfig, soft_text: str, step: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     size = min(cfg.resolution, 512)
     device = pipe.text_encoder.device  # parked parts come back for the grid
-    with moved_to(pipe, ["vae", "unet", "transformer"], device):
+    with moved_to(pipe, ["vae", detect_family(pipe).denoiser], device):
         run_grid(pipe, prompts, cfg.validation_seeds, steps=20, guidance=5.0, height=size, width=size,
                  model_name=cfg.model, out=folder / f"step_{step:06d}.png", progress=False)
