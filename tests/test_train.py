@@ -145,3 +145,20 @@ def test_validation_grids_next_to_checkpoints(tmp_path, sd1):
     assert [g.name for g in grids] == ["step_000002.png", "step_000004.png"]
     record = json.loads(grids[0].with_suffix(".json").read_text())
     assert record["prompts"] == ["a photo of [v1][v2] on a table"] and record["seeds"] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "family, mode, loss, parked",
+    [
+        ("sd1", "text", "sequence", ["vae", "unet"]),
+        ("sd1", "text", "denoiser", ["vae"]),
+        ("sd1", "images", "denoiser", ["vae"]),
+        ("flux", "text", "full", ["vae", "transformer"]),
+    ],
+)
+def test_parts_parked_during_the_loop(family, mode, loss, parked):
+    from sd_softprompt.families import FAMILIES
+    from sd_softprompt.train import unused_in_loop
+
+    cfg = TrainConfig(model="m", out="o.safetensors", mode=mode, loss=loss)
+    assert unused_in_loop(cfg, FAMILIES[family]) == parked
