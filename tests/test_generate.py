@@ -55,7 +55,7 @@ def test_grid_size_labels_and_record(sd1, tmp_path):
     assert record["prompts"] == prompts and record["seeds"] == seeds
     assert record["family"] == "sd1" and record["model"] == "tiny-sd1"
     assert (record["steps"], record["guidance"], record["height"], record["width"]) == (2, 5.0, 64, 64)
-    assert len(record["timings"]["per_image_s"]) == 2 and record["version"]
+    assert len(record["timings"]["per_row_s"]) == 2 and record["version"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.json", "grid.png"]  # no temp files left
 
     # Every cell is exactly what generate gives for its row's prompt and its column's seed.
