@@ -161,6 +161,7 @@ def load_soft_prompt(
     """
     name = str(source) if not isinstance(source, SoftPrompt) else source.name
     soft = source if isinstance(source, SoftPrompt) else SoftPrompt.load(source)
+    soft.validate(name)  # files are checked when read; an in-memory SoftPrompt gets the same checks
     family = detect_family(pipe)
     pairs = assign_encoders(pipe, family, soft, name)
     tokens = list(tokens) if tokens is not None else list(soft.tokens)

@@ -192,3 +192,12 @@ def test_alias_expands_to_all_tokens(family, request):
     unload_soft_prompt(pipe)
     assert "maybe_convert_prompt" not in pipe.__dict__
     assert torch.equal(encode(pipe, "<sunrise> mountain view")["states"], plain)
+
+
+def test_in_memory_soft_prompt_is_validated(sd1):
+    from sd_softprompt.errors import InvalidVectorsError
+
+    bad = SoftPrompt(vectors={"clip_l": torch.tensor([[float("nan")] * 32])})
+    with pytest.raises(InvalidVectorsError, match="non-finite|NaN|finite"):
+        load_soft_prompt(sd1, bad)
+    assert loaded_tokens(sd1) == []
