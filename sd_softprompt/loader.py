@@ -140,6 +140,11 @@ def _reset(pipe, encoder: Encoder, state: _EncoderState) -> None:
     # In place, so that references the caller holds to the tokenizer see the restored one.
     tokenizer.__dict__.clear()
     tokenizer.__dict__.update(copy.deepcopy(state.tokenizer).__dict__)
+    # transformers' CLIPTokenizer patches its Rust backend's decode (to drop "</w>") in __init__; a copied
+    # backend loses that patch, so apply it again.
+    rewrap = getattr(tokenizer, "_wrap_decode_method_backend_tokenizer", None)
+    if callable(rewrap):
+        rewrap()
     text_encoder = getattr(pipe, encoder.text_encoder)
     weight = text_encoder.get_input_embeddings().weight.data[: state.rows].clone()
     for i, row in state.saved_rows.items():

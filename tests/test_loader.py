@@ -29,7 +29,7 @@ def snapshot(pipe):
         out[e.key] = (
             len(tok),
             tok.get_vocab(),
-            tok("[v1] mountain view").input_ids,
+            (tok("[v1] mountain view").input_ids, tok.decode(tok("a photo of a lake").input_ids)),
             getattr(pipe, e.text_encoder).get_input_embeddings().weight.detach().clone(),
         )
     return out
