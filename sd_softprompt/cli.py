@@ -217,7 +217,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "max_grad_norm": ("--max-grad-norm", {"type": float, "help": "gradient clipping norm"}),
     "seed": ("--seed", {"type": int, "help": "seed"}),
     "mixed_precision": ("--mixed-precision", {"choices": ("no", "fp16", "bf16"), "help": "frozen models' precision"}),
-    "init": ("--init", {"help": "initial vectors: hard, random or words"}),
+    "init": ("--init", {"help": "initial vectors: hard (the --target's token embeddings; random without one), random or words"}),
     "init_words": ("--init-words", {"help": "with --init words: the words to start from"}),
     "context": ("--context", {"action": "append", "metavar": "TEXT", "help": "extra context suffix (repeatable)"}),
     "loss": ("--loss", {"help": "text mode: denoiser, sequence (no denoiser needed per step) or full"}),

@@ -45,7 +45,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     mixed_precision: str = "no"  # "no" | "fp16" | "bf16": the frozen models' dtype; vectors stay fp32
-    init: str = "hard"  # "hard" (the hard prompt's own token embeddings) | "random" | "words"
+    init: str = "hard"  # "hard" (the hard prompt's own token embeddings; random without a target) | "random" | "words"
     init_words: str | None = None
     context: list[str] = field(default_factory=list)  # extra context suffixes (added to the built-in ones)
     loss: str = "denoiser"  # text mode: "denoiser" | "sequence" | "full" (see objectives.py and the README)
@@ -311,7 +311,6 @@ class ImageObjective:
                     self.captions.append(caption_for(p, soft_text, tokens))
         self.latents = torch.stack(latents)
         self.templates = [t.format(soft_text) for t in templates]
-        self.images = len(paths)
 
     def loss(self, generator: torch.Generator) -> torch.Tensor:
         b = self.cfg.batch_size
@@ -437,6 +436,8 @@ def _setup(cfg: TrainConfig, pipe) -> _Run:
     if unknown:
         raise ConfigError(f"--encoders {unknown}: a {family.name} model has {', '.join(family.keys)}")
     # Initial vectors go in like any soft prompt; the trained encoders then read their rows from params.
+    if cfg.init == "hard" and not cfg.target:
+        log("--init hard without --target: starting from random vectors at the vocabulary's norm")
     init = initial_vectors(pipe, family, cfg, torch.Generator().manual_seed(cfg.seed))
     tokens = load_soft_prompt(pipe, SoftPrompt(vectors=init, tokens=cfg.tokens))
     vectors = {k: torch.nn.Parameter(init[k].to(accelerator.device, torch.float32)) for k in keys}
@@ -473,6 +474,8 @@ def _loop(cfg: TrainConfig, run: _Run) -> tuple[list[float], dict, dict, int]:
         optimizer.load_state_dict(state["optimizer"])
         start, losses = state["step"], list(state["losses"])
         run.log(f"resuming from {ckpt} at step {start}")
+    elif cfg.resume:
+        run.log(f"no checkpoint at {ckpt}: starting from step 0")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: obj.cosine_schedule(s, cfg.steps, cfg.warmup, cfg.schedule), last_epoch=start - 1)
     # Only the optimizer goes through accelerate (fp16 loss scaling): a prepared scheduler would step once
     # per process, and there is no model to wrap, gradients are averaged by hand below.
