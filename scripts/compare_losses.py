@@ -41,16 +41,25 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        models = {"model": args.model} if args.model else {f: str(tiny.save_tiny(f, Path(tmp) / f)) for f in args.families}
+        models = (
+            {"model": args.model} if args.model else {f: str(tiny.save_tiny(f, Path(tmp) / f)) for f in args.families}
+        )
         for name, model in models.items():
             for loss in args.losses:
                 ratios: dict[str, list[float]] = {}
                 for seed in args.seeds:
                     torch.manual_seed(seed)
                     cfg = TrainConfig(
-                        model=model, out=str(Path(tmp) / f"{name}-{loss}-{seed}.safetensors"), target=args.target,
-                        vectors=args.vectors, steps=args.steps, loss=loss, seed=seed, progress=False,
-                        checkpoint_every=0, probe_size=args.probe_size or (64 if not args.model else None),
+                        model=model,
+                        out=str(Path(tmp) / f"{name}-{loss}-{seed}.safetensors"),
+                        target=args.target,
+                        vectors=args.vectors,
+                        steps=args.steps,
+                        loss=loss,
+                        seed=seed,
+                        progress=False,
+                        checkpoint_every=0,
+                        probe_size=args.probe_size or (64 if not args.model else None),
                         device=args.device,
                     )
                     d = train(cfg).metrics["distance"]

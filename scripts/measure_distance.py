@@ -38,7 +38,7 @@ def main() -> int:
         soft = SoftPrompt.load(args.soft)
         target = args.target or soft.metadata.get("target")
         if not target:
-            raise SoftPromptError(f"{args.soft}: no `target` in its metadata; pass --target \"the hard prompt\"")
+            raise SoftPromptError(f'{args.soft}: no `target` in its metadata; pass --target "the hard prompt"')
         pipe = load_pipeline(args.model, args.device, args.dtype, progress=False)
         tokens = load_soft_prompt(pipe, soft)
     except SoftPromptError as e:

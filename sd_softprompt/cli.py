@@ -11,8 +11,9 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .errors import SoftPromptError
 
@@ -106,9 +107,7 @@ def _soft_arg(parser: argparse.ArgumentParser) -> None:
 
 def _sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=30, help="inference steps (default %(default)s)")
-    parser.add_argument(
-        "--guidance", type=float, help="guidance scale (default: 7.5 for SD, 5 for SDXL, 3.5 for Flux)"
-    )
+    parser.add_argument("--guidance", type=float, help="guidance scale (default: 7.5 for SD, 5 for SDXL, 3.5 for Flux)")
     parser.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
     parser.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
     parser.add_argument("--negative-prompt", help="negative prompt (SD and SDXL; Flux takes none)")
@@ -119,7 +118,7 @@ def _add_generate(commands) -> None:
         commands,
         "generate",
         "Draw one image, optionally with soft prompts loaded.",
-        f'{PROG} generate --model stabilityai/stable-diffusion-xl-base-1.0 --soft sunrise.safetensors \\\n'
+        f"{PROG} generate --model stabilityai/stable-diffusion-xl-base-1.0 --soft sunrise.safetensors \\\n"
         f'      --prompt "[v1][v2][v3] mountain view" --seed 0 --out sunrise.png',
         _generate,
     )
@@ -136,7 +135,7 @@ def _add_grid(commands) -> None:
         commands,
         "grid",
         "Draw a labelled grid: rows are prompts, columns are seeds (the same seed down each column).",
-        f'{PROG} grid --model stabilityai/stable-diffusion-xl-base-1.0 --soft sunrise.safetensors \\\n'
+        f"{PROG} grid --model stabilityai/stable-diffusion-xl-base-1.0 --soft sunrise.safetensors \\\n"
         f'      --prompt "[v1][v2][v3] mountain view" \\\n'
         f'      --compare "image of serene landscape at sunrise with trees mountains and lake mountain view" \\\n'
         f'      --compare "mountain view" --seeds 0 1 2 --out grid.png',
@@ -146,11 +145,19 @@ def _add_grid(commands) -> None:
     _soft_arg(p)
     p.add_argument("--prompt", required=True, help="the first row, usually the soft prompt")
     p.add_argument(
-        "--compare", action="append", default=[], metavar="PROMPT", help="another row (repeatable): the hard prompt, a baseline..."
+        "--compare",
+        action="append",
+        default=[],
+        metavar="PROMPT",
+        help="another row (repeatable): the hard prompt, a baseline...",
     )
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED", help="one column per seed (default 0 1 2)")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED", help="one column per seed (default 0 1 2)"
+    )
     _sampling_args(p)
-    p.add_argument("--out", default="grid.png", help="grid image to write; <stem>.json goes beside it (default %(default)s)")
+    p.add_argument(
+        "--out", default="grid.png", help="grid image to write; <stem>.json goes beside it (default %(default)s)"
+    )
 
 
 def _add_inspect(commands) -> None:
@@ -203,8 +210,14 @@ def _add_convert(commands) -> None:
 # TrainConfig field -> (flag, argparse keywords). One flag per field; defaults come from TrainConfig.
 _TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "model": ("--model", {"required": True, "help": "hub id or local folder of a diffusers pipeline"}),
-    "out": ("--out", {"required": True, "help": "soft prompt file to write (.safetensors); a report JSON goes beside it"}),
-    "mode": ("--mode", {"choices": ("text", "images"), "help": "text: distil a hard prompt; images: textual inversion"}),
+    "out": (
+        "--out",
+        {"required": True, "help": "soft prompt file to write (.safetensors); a report JSON goes beside it"},
+    ),
+    "mode": (
+        "--mode",
+        {"choices": ("text", "images"), "help": "text: distil a hard prompt; images: textual inversion"},
+    ),
     "target": ("--target", {"help": "text mode: the hard prompt to distil"}),
     "images": ("--images", {"help": "images mode: folder of pictures (+ optional same-name .txt captions)"}),
     "vectors": ("--vectors", {"type": int, "help": "number of soft vectors N"}),
@@ -217,7 +230,10 @@ _TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "max_grad_norm": ("--max-grad-norm", {"type": float, "help": "gradient clipping norm"}),
     "seed": ("--seed", {"type": int, "help": "seed"}),
     "mixed_precision": ("--mixed-precision", {"choices": ("no", "fp16", "bf16"), "help": "frozen models' precision"}),
-    "init": ("--init", {"help": "initial vectors: hard (the --target's token embeddings; random without one), random or words"}),
+    "init": (
+        "--init",
+        {"help": "initial vectors: hard (the --target's token embeddings; random without one), random or words"},
+    ),
     "init_words": ("--init-words", {"help": "with --init words: the words to start from"}),
     "context": ("--context", {"action": "append", "metavar": "TEXT", "help": "extra context suffix (repeatable)"}),
     "loss": ("--loss", {"help": "text mode: denoiser, sequence (no denoiser needed per step) or full"}),
@@ -229,15 +245,33 @@ _TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "flip": ("--no-flip", {"action": "store_false", "help": "images mode: no random horizontal flips"}),
     "style": ("--style", {"action": "store_true", "help": "images mode: style captions instead of object captions"}),
     "validate_every": ("--validate-every", {"type": int, "help": "steps between validation grids (0: none)"}),
-    "validation_prompts": ("--validation-prompt", {"action": "append", "metavar": "PROMPT", "help": "validation prompt (repeatable)"}),
-    "validation_seeds": ("--validation-seeds", {"type": int, "nargs": "+", "metavar": "SEED", "help": "validation seeds"}),
+    "validation_prompts": (
+        "--validation-prompt",
+        {"action": "append", "metavar": "PROMPT", "help": "validation prompt (repeatable)"},
+    ),
+    "validation_seeds": (
+        "--validation-seeds",
+        {"type": int, "nargs": "+", "metavar": "SEED", "help": "validation seeds"},
+    ),
     "checkpoint_every": ("--checkpoint-every", {"type": int, "help": "steps between checkpoints"}),
     "resume": ("--resume", {"action": "store_true", "help": "continue from the checkpoint beside --out"}),
-    "probe_pool": ("--probe-pool", {"type": int, "help": "denoiser loss: noisy latents per context whose targets are computed once"}),
+    "probe_pool": (
+        "--probe-pool",
+        {"type": int, "help": "denoiser loss: noisy latents per context whose targets are computed once"},
+    ),
     "eval_samples": ("--eval-samples", {"type": int, "help": "noisy latents in the denoiser-distance probe"}),
-    "probe_size": ("--probe-size", {"type": int, "help": "image size of the probe (default: the model's, at most 512)"}),
+    "probe_size": (
+        "--probe-size",
+        {"type": int, "help": "image size of the probe (default: the model's, at most 512)"},
+    ),
     "device": ("--device", {"help": "cpu, cuda, cuda:1 (default: cuda if available, else cpu)"}),
-    "offload": ("--no-offload", {"action": "store_false", "help": "keep the VAE (and, in text mode with a state loss, the denoiser) on the device during training"}),
+    "offload": (
+        "--no-offload",
+        {
+            "action": "store_false",
+            "help": "keep the VAE (and, in text mode with a state loss, the denoiser) on the device during training",
+        },
+    ),
     "progress": ("--no-progress", {"action": "store_false", "help": "no progress bar"}),
 }
 
@@ -249,7 +283,7 @@ def _add_train(commands) -> None:
         commands,
         "train",
         "Train a soft prompt: distil a hard prompt (text mode) or learn from pictures (images mode).",
-        f'{PROG} train --model stabilityai/stable-diffusion-xl-base-1.0 --mode text \\\n'
+        f"{PROG} train --model stabilityai/stable-diffusion-xl-base-1.0 --mode text \\\n"
         f'      --target "image of serene landscape at sunrise with trees mountains and lake" \\\n'
         f"      --vectors 3 --steps 300 --out sunrise.safetensors",
         _train,

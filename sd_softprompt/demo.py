@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from .errors import ConfigError
 from .atomic import atomic_write
+from .errors import ConfigError
 from .families import FAMILIES
 from .generate import run_grid
 from .inspection import format_inspection, inspect_file
@@ -125,8 +126,6 @@ def _train(pipe, model_dir: Path, out: Path, steps: int, seed: int, device: str 
     )
     result = train(config, pipe=pipe)
     return {"soft_prompt": result.soft_prompt, "report": result.report, "metrics": result.metrics}
-
-
 
 
 def describe(result: dict[str, Any]) -> str:

@@ -7,8 +7,9 @@ the denoiser is trained to predict. Everything else in the package is written ag
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -144,22 +145,48 @@ def _flux_latent(pipe, height: int, width: int):
 
 
 CLIP_L = Encoder("clip_l", "tokenizer", "text_encoder")
-_UNET = dict(latent_shape=_unet_latent, objective="scheduler", denoiser="unet", latent_patch=1, native_size=_unet_size, call_kwargs=_sd_call)
+_UNET = dict(
+    latent_shape=_unet_latent,
+    objective="scheduler",
+    denoiser="unet",
+    latent_patch=1,
+    native_size=_unet_size,
+    call_kwargs=_sd_call,
+)
 
 FAMILIES: dict[str, Family] = {
     "sd1": Family("sd1", "Stable Diffusion 1.x", (CLIP_L,), _encode_sd, _predict_sd, guidance=7.5, **_UNET),
     "sd2": Family(
-        "sd2", "Stable Diffusion 2.x", (Encoder("clip_h", "tokenizer", "text_encoder"),), _encode_sd, _predict_sd,
-        guidance=7.5, **_UNET,
+        "sd2",
+        "Stable Diffusion 2.x",
+        (Encoder("clip_h", "tokenizer", "text_encoder"),),
+        _encode_sd,
+        _predict_sd,
+        guidance=7.5,
+        **_UNET,
     ),
     "sdxl": Family(
-        "sdxl", "Stable Diffusion XL", (CLIP_L, Encoder("clip_g", "tokenizer_2", "text_encoder_2")), _encode_sdxl,
-        _predict_sdxl, guidance=5.0, **_UNET,
+        "sdxl",
+        "Stable Diffusion XL",
+        (CLIP_L, Encoder("clip_g", "tokenizer_2", "text_encoder_2")),
+        _encode_sdxl,
+        _predict_sdxl,
+        guidance=5.0,
+        **_UNET,
     ),
     "flux": Family(
-        "flux", "Flux", (CLIP_L, Encoder("t5xxl", "tokenizer_2", "text_encoder_2")), _encode_flux, _predict_flux,
-        latent_shape=_flux_latent, objective="flow", denoiser="transformer", latent_patch=2, native_size=_flux_size,
-        guidance=FLUX_GUIDANCE, call_kwargs=_flux_call,
+        "flux",
+        "Flux",
+        (CLIP_L, Encoder("t5xxl", "tokenizer_2", "text_encoder_2")),
+        _encode_flux,
+        _predict_flux,
+        latent_shape=_flux_latent,
+        objective="flow",
+        denoiser="transformer",
+        latent_patch=2,
+        native_size=_flux_size,
+        guidance=FLUX_GUIDANCE,
+        call_kwargs=_flux_call,
     ),
 }
 

@@ -19,9 +19,10 @@ import pickletools
 import re
 import warnings
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -129,7 +130,7 @@ class SoftPrompt:
         _check_tokens(self.tokens, self.num_vectors, source)
 
     @classmethod
-    def load(cls, path: PathLike | Sequence[PathLike], token: str | None = None) -> "SoftPrompt":
+    def load(cls, path: PathLike | Sequence[PathLike], token: str | None = None) -> SoftPrompt:
         """Read any understood file, folder, or diffusers SDXL pair of files.
 
         ``token`` names the soft prompt (metadata["name"]); a file holding a bare tensor has no
@@ -171,14 +172,10 @@ def _as_rows(value: Any) -> Any:
 
 def _check_keys(vectors: dict[str, Any], source: str) -> None:
     if not vectors:
-        raise InvalidVectorsError(
-            f"{source}: holds no vectors; a soft prompt needs at least one [N, width] tensor"
-        )
+        raise InvalidVectorsError(f"{source}: holds no vectors; a soft prompt needs at least one [N, width] tensor")
     for key in vectors:
         if key != UNASSIGNED and key not in ENCODER_KEYS:
-            raise InvalidVectorsError(
-                f"{source}: unknown encoder key {key!r}; use one of {', '.join(ENCODER_KEYS)}"
-            )
+            raise InvalidVectorsError(f"{source}: unknown encoder key {key!r}; use one of {', '.join(ENCODER_KEYS)}")
     if UNASSIGNED in vectors and len(vectors) > 1:
         raise InvalidVectorsError(
             f"{source}: {UNASSIGNED!r} (encoder picked later by width) must be the only key; "
@@ -193,13 +190,11 @@ def _check_tensor(key: str, tensor: Any, source: str) -> None:
         )
     if tensor.dim() != 2:
         raise InvalidVectorsError(
-            f"{source}: {key} has shape {list(tensor.shape)}; expected [N, width] "
-            f"(N vectors of the encoder's width)"
+            f"{source}: {key} has shape {list(tensor.shape)}; expected [N, width] (N vectors of the encoder's width)"
         )
     if not tensor.is_floating_point():
         raise InvalidVectorsError(
-            f"{source}: {key} is {tensor.dtype}; vectors must be floating point "
-            f"(float32, float16 or bfloat16)"
+            f"{source}: {key} is {tensor.dtype}; vectors must be floating point (float32, float16 or bfloat16)"
         )
     bad = int((~torch.isfinite(tensor)).sum())
     if bad:
@@ -210,8 +205,7 @@ def _check_tensor(key: str, tensor: Any, source: str) -> None:
     zero_rows = (tensor == 0).all(dim=1).nonzero().flatten().tolist()
     if zero_rows:
         raise InvalidVectorsError(
-            f"{source}: vector {zero_rows[0] + 1} of {key} is all zeros; "
-            f"it carries nothing: retrain it or drop it"
+            f"{source}: vector {zero_rows[0] + 1} of {key} is all zeros; it carries nothing: retrain it or drop it"
         )
 
 
@@ -220,8 +214,7 @@ def _check_counts(vectors: dict[str, torch.Tensor], source: str) -> None:
     if len(set(counts.values())) > 1:
         listed = ", ".join(f"{key} {n}" for key, n in counts.items())
         raise InvalidVectorsError(
-            f"{source}: encoders disagree on the number of vectors ({listed}); "
-            f"every encoder needs one vector per token"
+            f"{source}: encoders disagree on the number of vectors ({listed}); every encoder needs one vector per token"
         )
     n = next(iter(counts.values()))
     if n > MAX_VECTORS:
@@ -235,8 +228,7 @@ def _check_tokens(tokens: list[str] | None, n: int, source: str) -> None:
     tokens = tokens or []
     if len(tokens) != n:
         raise InvalidVectorsError(
-            f"{source}: {len(tokens)} tokens for {n} vectors; give one token per vector "
-            f"(or none, for [v1]..[v{n}])"
+            f"{source}: {len(tokens)} tokens for {n} vectors; give one token per vector (or none, for [v1]..[v{n}])"
         )
     if any(not isinstance(t, str) or not t.strip() for t in tokens):
         raise InvalidVectorsError(f"{source}: tokens must be non-empty strings, got {tokens}")
@@ -289,8 +281,7 @@ def _load_pair(paths: Sequence[PathLike], token: str | None) -> SoftPrompt:
     """A diffusers SDXL pair: first file is CLIP-L, second is OpenCLIP-bigG."""
     if len(paths) != 2:
         raise FormatError(
-            f"{list(map(str, paths))}: give one path, or two for a diffusers SDXL pair "
-            f"(clip_l file, then clip_g file)"
+            f"{list(map(str, paths))}: give one path, or two for a diffusers SDXL pair (clip_l file, then clip_g file)"
         )
     first, second = (_single_tensor(_decode(_existing(p), token), p) for p in paths)
     metadata = {**second[1], **first[1]}
@@ -307,9 +298,7 @@ def _existing(path: PathLike) -> Path:
 
 def _single_tensor(decoded: _Decoded, path: PathLike) -> tuple[torch.Tensor, dict[str, str]]:
     if len(decoded.vectors) != 1:
-        raise FormatError(
-            f"{path}: holds {sorted(decoded.vectors)}; each file of an SDXL pair holds one tensor"
-        )
+        raise FormatError(f"{path}: holds {sorted(decoded.vectors)}; each file of an SDXL pair holds one tensor")
     return next(iter(decoded.vectors.values())), decoded.metadata
 
 
@@ -354,8 +343,7 @@ def _decode(path: Path, token: str | None) -> _Decoded:
         return _Decoded({_key_for_width(content): content}, {"name": name}, "tensor")
     if not isinstance(content, dict):
         raise FormatError(
-            f"{path}: holds a {type(content).__name__}, not a dict of tensors; "
-            f"understood: {_UNDERSTOOD_LAYOUTS}"
+            f"{path}: holds a {type(content).__name__}, not a dict of tensors; understood: {_UNDERSTOOD_LAYOUTS}"
         )
     if not content:
         raise InvalidVectorsError(f"{path}: holds no tensors; it is not a usable embedding")
@@ -363,8 +351,7 @@ def _decode(path: Path, token: str | None) -> _Decoded:
         if matches(content):
             return reader(content, header, str(path))
     raise FormatError(
-        f"{path}: unknown embedding layout; keys found: {sorted(map(str, content))}; "
-        f"understood: {_UNDERSTOOD_LAYOUTS}"
+        f"{path}: unknown embedding layout; keys found: {sorted(map(str, content))}; understood: {_UNDERSTOOD_LAYOUTS}"
     )
 
 
@@ -403,7 +390,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             header = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
     except Exception as error:  # the Rust reader raises its own types for truncated/corrupt files
         raise FormatError(
             f"{path}: unreadable safetensors file (truncated or corrupt: {_first_line(error)}); "
@@ -424,8 +411,7 @@ def _read_pickle(path: Path) -> Any:
         if isinstance(error, pickle.UnpicklingError) or "weights_only" in message:
             raise UnsafeFileError(_refusal(path, message)) from None
         raise FormatError(
-            f"{path}: unreadable torch file (truncated or corrupt: {_first_line(error)}); "
-            f"re-export or re-download it"
+            f"{path}: unreadable torch file (truncated or corrupt: {_first_line(error)}); re-export or re-download it"
         ) from None
 
 
@@ -433,9 +419,7 @@ def _decode_png(path: Path) -> _Decoded:
     """An A1111 embedding image: its .pt dict, read by the A1111 reader."""
     content = _read_png_embedding(path)
     if not isinstance(content, dict) or "string_to_param" not in content:
-        raise FormatError(
-            f"{path}: the {_PNG_CHUNK} chunk holds no string_to_param; not an A1111 embedding image"
-        )
+        raise FormatError(f"{path}: the {_PNG_CHUNK} chunk holds no string_to_param; not an A1111 embedding image")
     decoded = _read_a1111(content, {}, str(path))
     decoded.source_format = "a1111-png"
     return decoded
@@ -779,10 +763,12 @@ def _write_diffusers_single(prompt: SoftPrompt, path: Path) -> list[Path]:
 def _write_diffusers_pair(prompt: SoftPrompt, path: Path) -> list[Path]:
     # diffusers' SDXL script: one file per text encoder, same token in both.
     token, header = _diffusers_token(prompt), _header(prompt, "pt")
-    return atomic_write([
-        _safetensors_job(_diffusers_target(path), {token: prompt.vectors["clip_l"]}, header),
-        _safetensors_job(_diffusers_target(path, second=True), {token: prompt.vectors["clip_g"]}, header),
-    ])
+    return atomic_write(
+        [
+            _safetensors_job(_diffusers_target(path), {token: prompt.vectors["clip_l"]}, header),
+            _safetensors_job(_diffusers_target(path, second=True), {token: prompt.vectors["clip_g"]}, header),
+        ]
+    )
 
 
 def _keyed_writer(file_keys: dict[str, str], target: Callable[[Path, SoftPrompt], Path]) -> _Writer:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image
@@ -21,7 +21,6 @@ from .errors import ConfigError
 from .families import Family, detect_family
 from .grid import make_grid
 from .loader import loaded_tokens
-
 
 
 def default_guidance(pipe) -> float:
@@ -139,10 +138,12 @@ def run_grid(
         "version": _version(),
     }
     json_path = target.with_suffix(".json")
-    atomic_write([
-        (target, lambda tmp: grid.save(tmp, format=_image_format(target))),
-        (json_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", "utf-8")),
-    ])
+    atomic_write(
+        [
+            (target, lambda tmp: grid.save(tmp, format=_image_format(target))),
+            (json_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", "utf-8")),
+        ]
+    )
     return target, json_path
 
 

@@ -9,8 +9,8 @@ each image exactly at its box. Nothing here writes files.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -161,8 +161,7 @@ def grid_geometry(
     cells_x0 = pad + label_width + pad
     header_box = (cells_x0, y, width - pad, y + header_h)
     col_boxes = tuple(
-        (cells_x0 + c * (cell_w + pad), y, cells_x0 + c * (cell_w + pad) + cell_w, y + header_h)
-        for c in range(cols)
+        (cells_x0 + c * (cell_w + pad), y, cells_x0 + c * (cell_w + pad) + cell_w, y + header_h) for c in range(cols)
     )
     y += header_h + pad
 
@@ -206,8 +205,9 @@ def _as_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _draw_lines(draw: ImageDraw.ImageDraw, font, lines: Sequence[str], box: Box, line_h: int,
-                *, centre_x: bool, centre_y: bool) -> None:
+def _draw_lines(
+    draw: ImageDraw.ImageDraw, font, lines: Sequence[str], box: Box, line_h: int, *, centre_x: bool, centre_y: bool
+) -> None:
     x0, y0, x1, y1 = box
     y = y0 + ((y1 - y0) - len(lines) * line_h) // 2 if centre_y else y0
     for line in lines:
@@ -260,9 +260,16 @@ def make_grid(
                 )
 
     geo = grid_geometry(
-        rows, cols, cell_w, cell_h,
-        row_labels=row_labels, col_labels=col_labels, caption=caption,
-        label_width=label_width, font_size=font_size, pad=pad,
+        rows,
+        cols,
+        cell_w,
+        cell_h,
+        row_labels=row_labels,
+        col_labels=col_labels,
+        caption=caption,
+        label_width=label_width,
+        font_size=font_size,
+        pad=pad,
     )
     out = Image.new("RGB", geo.size, BACKGROUND)
     for r, row in enumerate(images):

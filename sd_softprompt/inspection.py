@@ -87,10 +87,12 @@ def _against_vocabulary(pipe, encoder: Encoder, vectors: torch.Tensor, top_k: in
             nearest.append([])
             continue
         picked = ids[best.indices[row]].tolist()
-        nearest.append([
-            {"token": readable_token(tokenizer, i), "id": i, "cosine": round(float(c), 4)}
-            for i, c in zip(picked, best.values[row])
-        ])
+        nearest.append(
+            [
+                {"token": readable_token(tokenizer, i), "id": i, "cosine": round(float(c), 4)}
+                for i, c in zip(picked, best.values[row])
+            ]
+        )
     own_norms = vectors.float().norm(dim=1)
     return {
         "vocab": {

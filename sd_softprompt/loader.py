@@ -52,7 +52,9 @@ def encoder_width(pipe, encoder: Encoder) -> int:
     return getattr(pipe, encoder.text_encoder).get_input_embeddings().weight.shape[1]
 
 
-def assign_encoders(pipe, family: Family, soft: SoftPrompt, source: str = "soft prompt") -> list[tuple[Encoder, torch.Tensor]]:
+def assign_encoders(
+    pipe, family: Family, soft: SoftPrompt, source: str = "soft prompt"
+) -> list[tuple[Encoder, torch.Tensor]]:
     """Match each of the soft prompt's tensors to one of the pipeline's encoders, checking widths.
 
     A single-tensor file (diffusers, A1111, kohya...) does not say which encoder it is for: it goes to the
@@ -103,7 +105,9 @@ def _patch_pooled_eos(text_encoder: nn.Module, eos_id: int) -> list[tuple[nn.Mod
 
 def _set_rows(text_encoder: nn.Module, weight: torch.Tensor) -> None:
     old = text_encoder.get_input_embeddings()
-    new = nn.Embedding(weight.shape[0], weight.shape[1], padding_idx=old.padding_idx, device=weight.device, dtype=weight.dtype)
+    new = nn.Embedding(
+        weight.shape[0], weight.shape[1], padding_idx=old.padding_idx, device=weight.device, dtype=weight.dtype
+    )
     new.weight.data = weight
     new.weight.requires_grad_(old.weight.requires_grad)
     text_encoder.set_input_embeddings(new)
@@ -155,7 +159,12 @@ def _reset(pipe, encoder: Encoder, state: _EncoderState) -> None:
 
 
 def load_soft_prompt(
-    pipe, source: SoftPrompt | str | os.PathLike, tokens: list[str] | None = None, *, replace: bool = False, alias: str | None = None
+    pipe,
+    source: SoftPrompt | str | os.PathLike,
+    tokens: list[str] | None = None,
+    *,
+    replace: bool = False,
+    alias: str | None = None,
 ) -> list[str]:
     """Register a soft prompt's tokens in every text encoder it has vectors for; return the tokens.
 

@@ -149,7 +149,7 @@ class Probe:
     t: torch.Tensor
 
     @classmethod
-    def make(cls, pipe, family: Family, n: int = 8, size: int | None = None, seed: int = 0) -> "Probe":
+    def make(cls, pipe, family: Family, n: int = 8, size: int | None = None, seed: int = 0) -> Probe:
         g = torch.Generator().manual_seed(seed)
         size = size or default_size(pipe, family)
         shape = family.latent_shape(pipe, size, size)
@@ -187,7 +187,9 @@ def first_words(hard: str, n: int) -> str:
     return " ".join(hard.split()[:n])
 
 
-def distance_report(pipe, family: Family, soft_text: str, hard: str, n: int, probe: Probe, contexts=EVAL_CONTEXTS) -> dict:
+def distance_report(
+    pipe, family: Family, soft_text: str, hard: str, n: int, probe: Probe, contexts=EVAL_CONTEXTS
+) -> dict:
     """D for the soft prompt and the two obvious baselines, alone and composed with held-out context words."""
     candidates = {"soft": soft_text, "first_n_words": first_words(hard, n), "empty": ""}
     report: dict = {"contexts": list(contexts), "probe_samples": int(probe.x_t.shape[0])}

@@ -13,17 +13,134 @@ from pathlib import Path
 import torch
 
 # Words the tiny tokenizers know as whole tokens; anything else falls back to byte-level pieces.
-WORDS = """
-a an and at of on in with the to by for from is as or over under near into its
-image photo picture painting drawing portrait render illustration sketch style art view scene
-serene calm quiet bright dark misty golden soft sharp detailed vivid colorful old new small big tall
-landscape sunrise sunset morning evening night day sky cloud clouds sun moon star stars light
-tree trees forest mountain mountains hill hills lake river sea ocean beach water snow rain field
-flower flowers garden grass rock rocks valley city street house castle bridge road
-cat dog bird horse person woman man child face hair eyes
-red green blue yellow orange purple white black pink brown gray
-highly quality masterpiece cinematic lighting oil watercolor digital studio
-""".split()
+WORDS = [
+    "a",
+    "an",
+    "and",
+    "at",
+    "of",
+    "on",
+    "in",
+    "with",
+    "the",
+    "to",
+    "by",
+    "for",
+    "from",
+    "is",
+    "as",
+    "or",
+    "over",
+    "under",
+    "near",
+    "into",
+    "its",
+    "image",
+    "photo",
+    "picture",
+    "painting",
+    "drawing",
+    "portrait",
+    "render",
+    "illustration",
+    "sketch",
+    "style",
+    "art",
+    "view",
+    "scene",
+    "serene",
+    "calm",
+    "quiet",
+    "bright",
+    "dark",
+    "misty",
+    "golden",
+    "soft",
+    "sharp",
+    "detailed",
+    "vivid",
+    "colorful",
+    "old",
+    "new",
+    "small",
+    "big",
+    "tall",
+    "landscape",
+    "sunrise",
+    "sunset",
+    "morning",
+    "evening",
+    "night",
+    "day",
+    "sky",
+    "cloud",
+    "clouds",
+    "sun",
+    "moon",
+    "star",
+    "stars",
+    "light",
+    "tree",
+    "trees",
+    "forest",
+    "mountain",
+    "mountains",
+    "hill",
+    "hills",
+    "lake",
+    "river",
+    "sea",
+    "ocean",
+    "beach",
+    "water",
+    "snow",
+    "rain",
+    "field",
+    "flower",
+    "flowers",
+    "garden",
+    "grass",
+    "rock",
+    "rocks",
+    "valley",
+    "city",
+    "street",
+    "house",
+    "castle",
+    "bridge",
+    "road",
+    "cat",
+    "dog",
+    "bird",
+    "horse",
+    "person",
+    "woman",
+    "man",
+    "child",
+    "face",
+    "hair",
+    "eyes",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "orange",
+    "purple",
+    "white",
+    "black",
+    "pink",
+    "brown",
+    "gray",
+    "highly",
+    "quality",
+    "masterpiece",
+    "cinematic",
+    "lighting",
+    "oil",
+    "watercolor",
+    "digital",
+    "studio",
+]
 
 _SPECIAL_BOS, _SPECIAL_EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -173,16 +290,18 @@ def build_sd(version: int = 1, seed: int = 0):
     tokenizer = clip_tokenizer()
     hidden = 32 if version == 1 else 40
     text_encoder = CLIPTextModel(clip_text_config(len(tokenizer), hidden, gelu=version == 2))
-    return _eval(StableDiffusionPipeline(
-        vae=_vae(),
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=_unet(hidden),
-        scheduler=_sd_scheduler("epsilon" if version == 1 else "v_prediction"),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ))
+    return _eval(
+        StableDiffusionPipeline(
+            vae=_vae(),
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=_unet(hidden),
+            scheduler=_sd_scheduler("epsilon" if version == 1 else "v_prediction"),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    )
 
 
 def build_sdxl(seed: int = 0):
@@ -207,16 +326,18 @@ def build_sdxl(seed: int = 0):
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
     )
-    return _eval(StableDiffusionXLPipeline(
-        vae=_vae(),
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2,
-        unet=unet,
-        scheduler=scheduler,
-        force_zeros_for_empty_prompt=True,
-    ))
+    return _eval(
+        StableDiffusionXLPipeline(
+            vae=_vae(),
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+            force_zeros_for_empty_prompt=True,
+        )
+    )
 
 
 def build_flux(seed: int = 0):
@@ -255,17 +376,21 @@ def build_flux(seed: int = 0):
         guidance_embeds=True,
         axes_dims_rope=(4, 4, 8),
     )
-    vae = _vae(latent_channels=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+    vae = _vae(
+        latent_channels=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035
+    )
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
-    return _eval(FluxPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        text_encoder_2=t5,
-        tokenizer_2=tokenizer_2,
-        transformer=transformer,
-    ))
+    return _eval(
+        FluxPipeline(
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=t5,
+            tokenizer_2=tokenizer_2,
+            transformer=transformer,
+        )
+    )
 
 
 BUILDERS = {

@@ -1,8 +1,8 @@
 """One training loop for both objectives: only the N x width soft vectors learn.
 
-    text   (prompt distillation): make "<soft> <context>" act like "<hard prompt> <context>" on the frozen
-                                  denoiser (or, with --loss sequence, on the encoders' states alone); no images
-    images (textual inversion):   the denoiser's own loss on cached VAE latents of a folder of pictures
+text   (prompt distillation): make "<soft> <context>" act like "<hard prompt> <context>" on the frozen
+                              denoiser (or, with --loss sequence, on the encoders' states alone); no images
+images (textual inversion):   the denoiser's own loss on cached VAE latents of a folder of pictures
 """
 
 from __future__ import annotations
@@ -197,7 +197,10 @@ class TextObjective:
         self.pipe, self.family, self.cfg, self.soft_text = pipe, family, cfg, soft_text
         self.contexts = list(dict.fromkeys(obj.CONTEXTS + list(cfg.context)))
         with torch.no_grad():  # frozen targets: computed once, never per step
-            parts = [family.encode(pipe, [obj.join(cfg.target, c) for c in self.contexts[i : i + 8]]) for i in range(0, len(self.contexts), 8)]
+            parts = [
+                family.encode(pipe, [obj.join(cfg.target, c) for c in self.contexts[i : i + 8]])
+                for i in range(0, len(self.contexts), 8)
+            ]
             self.targets = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         self.scale = obj.cond_scale(self.targets)
         # The denoiser's states come from the last encoder's tokenizer (SD: the only one; SDXL: both
@@ -238,8 +241,20 @@ class TextObjective:
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
-OBJECT_TEMPLATES = ["a photo of {}", "a rendering of {}", "a close-up photo of {}", "a bright photo of {}", "a good photo of {}", "a photo of the {}"]
-STYLE_TEMPLATES = ["a painting in the style of {}", "a rendering in the style of {}", "a picture in the style of {}", "an illustration in the style of {}"]
+OBJECT_TEMPLATES = [
+    "a photo of {}",
+    "a rendering of {}",
+    "a close-up photo of {}",
+    "a bright photo of {}",
+    "a good photo of {}",
+    "a photo of the {}",
+]
+STYLE_TEMPLATES = [
+    "a painting in the style of {}",
+    "a rendering in the style of {}",
+    "a picture in the style of {}",
+    "an illustration in the style of {}",
+]
 
 
 def scan_images(folder: str | None) -> tuple[list[Path], list[str]]:
@@ -266,7 +281,9 @@ def load_image(path: Path, resolution: int) -> torch.Tensor:
     except Exception as e:  # PIL raises many types for bad files
         raise ConfigError(f"{path}: cannot read this image ({e}); remove it or replace it") from None
     scale = resolution / min(img.size)
-    img = img.resize((max(resolution, round(img.width * scale)), max(resolution, round(img.height * scale))), Image.BICUBIC)
+    img = img.resize(
+        (max(resolution, round(img.width * scale)), max(resolution, round(img.height * scale))), Image.BICUBIC
+    )
     left, top = (img.width - resolution) // 2, (img.height - resolution) // 2
     img = img.crop((left, top, left + resolution, top + resolution))
     x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(resolution, resolution, 3)
@@ -315,7 +332,10 @@ class ImageObjective:
     def loss(self, generator: torch.Generator) -> torch.Tensor:
         b = self.cfg.batch_size
         idx = torch.randint(len(self.latents), (b,), generator=generator)
-        prompts = [self.captions[i] or self.templates[int(torch.randint(len(self.templates), (1,), generator=generator))] for i in idx]
+        prompts = [
+            self.captions[i] or self.templates[int(torch.randint(len(self.templates), (1,), generator=generator))]
+            for i in idx
+        ]
         x0 = self.latents[idx.to(self.latents.device)]
         noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
         t = obj.sample_timesteps(self.pipe, self.family, b, generator, x0.device)
@@ -350,9 +370,13 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ConfigError(f"{path}: cannot read this checkpoint ({type(e).__name__}); delete it to start over") from None
+        raise ConfigError(
+            f"{path}: cannot read this checkpoint ({type(e).__name__}); delete it to start over"
+        ) from None
     if state.get("run") != _run_key(cfg):
-        raise ConfigError(f"{path}: this checkpoint is from another run ({state.get('run')}); delete it or change --out")
+        raise ConfigError(
+            f"{path}: this checkpoint is from another run ({state.get('run')}); delete it or change --out"
+        )
     return state
 
 
@@ -362,7 +386,9 @@ def _check_config(cfg: TrainConfig) -> None:
     if cfg.mode not in ("text", "images"):
         raise ConfigError(f"--mode must be text or images, not {cfg.mode!r}")
     if cfg.mode == "text" and not (cfg.target or "").strip():
-        raise ConfigError("--target is required in text mode: the hard prompt to distil, e.g. --target \"image of serene landscape at sunrise\"")
+        raise ConfigError(
+            '--target is required in text mode: the hard prompt to distil, e.g. --target "image of serene landscape at sunrise"'
+        )
     if cfg.mode == "images":
         scan_images(cfg.images)
     if not 1 <= cfg.vectors <= MAX_VECTORS:
@@ -372,12 +398,14 @@ def _check_config(cfg: TrainConfig) -> None:
     if cfg.loss not in obj.LOSSES:
         raise ConfigError(f"--loss must be one of {', '.join(obj.LOSSES)}, not {cfg.loss!r}")
     if cfg.init not in ("hard", "random", "words") or (cfg.init == "words" and not cfg.init_words):
-        raise ConfigError("--init must be hard, random or words (words needs --init-words \"...\")")
+        raise ConfigError('--init must be hard, random or words (words needs --init-words "...")')
     if cfg.schedule not in ("constant", "cosine"):
         raise ConfigError(f"--schedule must be constant or cosine, not {cfg.schedule!r}")
     out = cfg.out_path
     if out.suffix != ".safetensors":
-        raise ConfigError(f"{out}: --out must be a .safetensors file (convert to other formats with sd-softprompt convert)")
+        raise ConfigError(
+            f"{out}: --out must be a .safetensors file (convert to other formats with sd-softprompt convert)"
+        )
     if out.is_dir():
         raise ConfigError(f"{out}: --out is a folder; give a file name ending in .safetensors")
     parent = out.parent if str(out.parent) else Path(".")
@@ -424,7 +452,9 @@ def _setup(cfg: TrainConfig, pipe) -> _Run:
     if pipe is None:
         from .pipeline import load_pipeline
 
-        dtype = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[cfg.mixed_precision]  # frozen models in the training dtype
+        dtype = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[
+            cfg.mixed_precision
+        ]  # frozen models in the training dtype
         pipe = load_pipeline(cfg.model, device=str(accelerator.device), dtype=dtype, progress=False)
     pipe.set_progress_bar_config(disable=True)
     for module in pipe.components.values():
@@ -476,7 +506,9 @@ def _loop(cfg: TrainConfig, run: _Run) -> tuple[list[float], dict, dict, int]:
         run.log(f"resuming from {ckpt} at step {start}")
     elif cfg.resume:
         run.log(f"no checkpoint at {ckpt}: starting from step 0")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: obj.cosine_schedule(s, cfg.steps, cfg.warmup, cfg.schedule), last_epoch=start - 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: obj.cosine_schedule(s, cfg.steps, cfg.warmup, cfg.schedule), last_epoch=start - 1
+    )
     # Only the optimizer goes through accelerate (fp16 loss scaling): a prepared scheduler would step once
     # per process, and there is no model to wrap, gradients are averaged by hand below.
     optimizer = acc.prepare(optimizer)
@@ -491,7 +523,13 @@ def _loop(cfg: TrainConfig, run: _Run) -> tuple[list[float], dict, dict, int]:
         fixed = {"before": _fixed_batch_loss(objective, acc)}
         timing = {"setup_s": time.perf_counter() - t0}  # frozen targets, target pool or VAE latents, once
         t0 = time.perf_counter()
-        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (acc.is_main_process and cfg.progress), desc="train")
+        bar = tqdm(
+            range(start, cfg.steps),
+            initial=start,
+            total=cfg.steps,
+            disable=not (acc.is_main_process and cfg.progress),
+            desc="train",
+        )
         for step in bar:
             # One generator per (seed, step, rank): resuming needs no RNG state beyond the step.
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 4_099 + acc.process_index)
@@ -500,12 +538,16 @@ def _loop(cfg: TrainConfig, run: _Run) -> tuple[list[float], dict, dict, int]:
                 with acc.autocast():
                     loss = objective.loss(g)
                     if cfg.norm_weight > 0:  # keep norms near the vocabulary's, so the vectors don't drown the prompt
-                        loss = loss + cfg.norm_weight * sum(((v.norm(dim=1) - norms[k]) / norms[k]).pow(2).mean() for k, v in vectors.items())
+                        loss = loss + cfg.norm_weight * sum(
+                            ((v.norm(dim=1) - norms[k]) / norms[k]).pow(2).mean() for k, v in vectors.items()
+                        )
                 acc.backward(loss / cfg.grad_accum)
                 total += loss.item() / cfg.grad_accum
             if not math.isfinite(total):
                 kept = f"; the last good checkpoint is {ckpt} (add --resume)" if ckpt.exists() else ""
-                raise TrainingDiverged(f"step {step + 1}: the loss is {total}; lower --lr or use --mixed-precision no{kept}")
+                raise TrainingDiverged(
+                    f"step {step + 1}: the loss is {total}; lower --lr or use --mixed-precision no{kept}"
+                )
             for v in vectors.values():  # data parallel without DDP: average the few N x width gradients by hand
                 v.grad = acc.reduce(v.grad, reduction="mean")
             acc.clip_grad_norm_(list(vectors.values()), cfg.max_grad_norm)
@@ -587,12 +629,24 @@ def _validate(pipe, cfg: TrainConfig, soft_text: str, step: int) -> None:
     from .generate import run_grid
 
     prompts = [p.replace("{}", soft_text) for p in cfg.validation_prompts] or (
-        [obj.join(soft_text, "mountain view"), obj.join(cfg.target, "mountain view")] if cfg.mode == "text" else [f"a photo of {soft_text}"]
+        [obj.join(soft_text, "mountain view"), obj.join(cfg.target, "mountain view")]
+        if cfg.mode == "text"
+        else [f"a photo of {soft_text}"]
     )
     folder = cfg.out_path.with_name(cfg.out_path.stem + ".validation")
     folder.mkdir(parents=True, exist_ok=True)
     size = min(cfg.resolution, 512)
     device = pipe.text_encoder.device  # parked parts come back for the grid
     with moved_to(pipe, ["vae", detect_family(pipe).denoiser], device):
-        run_grid(pipe, prompts, cfg.validation_seeds, steps=20, guidance=5.0, height=size, width=size,
-                 model_name=cfg.model, out=folder / f"step_{step:06d}.png", progress=False)
+        run_grid(
+            pipe,
+            prompts,
+            cfg.validation_seeds,
+            steps=20,
+            guidance=5.0,
+            height=size,
+            width=size,
+            model_name=cfg.model,
+            out=folder / f"step_{step:06d}.png",
+            progress=False,
+        )

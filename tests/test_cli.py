@@ -26,7 +26,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     """Soft prompt files: one for the tiny SD1 model, one SDXL-shaped, one garbage."""
     root = tmp_path_factory.mktemp("soft")
     g = torch.Generator().manual_seed(0)
-    SoftPrompt({"clip_l": torch.randn(3, 32, generator=g) * 0.3}, metadata={"name": "sun"}).save(root / "sd1.safetensors")
+    SoftPrompt({"clip_l": torch.randn(3, 32, generator=g) * 0.3}, metadata={"name": "sun"}).save(
+        root / "sd1.safetensors"
+    )
     SoftPrompt({"clip_l": torch.randn(3, 32, generator=g), "clip_g": torch.randn(3, 48, generator=g)}).save(
         root / "sdxl.safetensors"
     )
@@ -59,8 +61,19 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
 def test_generate(tiny_dirs, files, tmp_path, capsys):
     out = tmp_path / "one.png"
     code, stdout, _ = _run(
-        capsys, "generate", "--model", tiny_dirs("sd1"), "--soft", files["sd1"],
-        "--prompt", "[v1][v2][v3] mountain view", "--seed", "3", *FAST, "--out", out,
+        capsys,
+        "generate",
+        "--model",
+        tiny_dirs("sd1"),
+        "--soft",
+        files["sd1"],
+        "--prompt",
+        "[v1][v2][v3] mountain view",
+        "--seed",
+        "3",
+        *FAST,
+        "--out",
+        out,
     )
     assert code == 0 and str(out) in stdout
     assert Image.open(out).size == (64, 64)
@@ -69,10 +82,26 @@ def test_generate(tiny_dirs, files, tmp_path, capsys):
 def test_grid_with_two_soft_files_renamed(tiny_dirs, files, tmp_path, capsys):
     out = tmp_path / "cmp.png"
     code, stdout, _ = _run(
-        capsys, "grid", "--model", tiny_dirs("sd1"),
-        "--soft", files["sd1"], "--soft", f"{files['sd1']}=<a>,<b>,<c>",
-        "--prompt", "[v1][v2][v3] mountain view", "--compare", "<a><b><c> mountain view", "--compare", "mountain view",
-        "--seeds", "0", "1", *FAST, "--out", out,
+        capsys,
+        "grid",
+        "--model",
+        tiny_dirs("sd1"),
+        "--soft",
+        files["sd1"],
+        "--soft",
+        f"{files['sd1']}=<a>,<b>,<c>",
+        "--prompt",
+        "[v1][v2][v3] mountain view",
+        "--compare",
+        "<a><b><c> mountain view",
+        "--compare",
+        "mountain view",
+        "--seeds",
+        "0",
+        "1",
+        *FAST,
+        "--out",
+        out,
     )
     assert code == 0 and str(out) in stdout and str(out.with_suffix(".json")) in stdout
     record = json.loads(out.with_suffix(".json").read_text())
@@ -86,8 +115,17 @@ def test_grid_with_two_soft_files_renamed(tiny_dirs, files, tmp_path, capsys):
 def test_overflowing_prompt_is_warned_about(tiny_dirs, files, tmp_path, capsys):
     long_prompt = "[v1][v2][v3] " + "mountain " * 80
     code, _, stderr = _run(
-        capsys, "generate", "--model", tiny_dirs("sd1"), "--soft", files["sd1"], "--prompt", long_prompt,
-        *FAST, "--out", tmp_path / "long.png",
+        capsys,
+        "generate",
+        "--model",
+        tiny_dirs("sd1"),
+        "--soft",
+        files["sd1"],
+        "--prompt",
+        long_prompt,
+        *FAST,
+        "--out",
+        tmp_path / "long.png",
     )
     assert code == 0 and "sd-softprompt: warning:" in stderr and "3 of them soft tokens" in stderr
 
@@ -137,20 +175,79 @@ def test_train_maps_every_flag_to_the_config(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setattr(train_module, "train", fake_train, raising=False)
     code, stdout, _ = _run(
-        capsys, "train", "--model", "m", "--out", tmp_path / "s.safetensors", "--mode", "images",
-        "--images", "pics", "--vectors", "2", "--steps", "7", "--lr", "0.1", "--batch-size", "3",
-        "--grad-accum", "2", "--warmup", "1", "--schedule", "cosine", "--max-grad-norm", "0.5", "--seed", "9",
-        "--mixed-precision", "bf16", "--init", "words", "--init-words", "sunny hill", "--context", "a",
-        "--context", "b c", "--loss", "full", "--norm-weight", "0.2", "--encoders", "clip_l", "--tokens", "<x>", "<y>",
-        "--resolution", "256", "--no-flip", "--style", "--validate-every", "5", "--validation-prompt", "p {}",
-        "--checkpoint-every", "4", "--resume", "--device", "cpu", "--no-progress",
+        capsys,
+        "train",
+        "--model",
+        "m",
+        "--out",
+        tmp_path / "s.safetensors",
+        "--mode",
+        "images",
+        "--images",
+        "pics",
+        "--vectors",
+        "2",
+        "--steps",
+        "7",
+        "--lr",
+        "0.1",
+        "--batch-size",
+        "3",
+        "--grad-accum",
+        "2",
+        "--warmup",
+        "1",
+        "--schedule",
+        "cosine",
+        "--max-grad-norm",
+        "0.5",
+        "--seed",
+        "9",
+        "--mixed-precision",
+        "bf16",
+        "--init",
+        "words",
+        "--init-words",
+        "sunny hill",
+        "--context",
+        "a",
+        "--context",
+        "b c",
+        "--loss",
+        "full",
+        "--norm-weight",
+        "0.2",
+        "--encoders",
+        "clip_l",
+        "--tokens",
+        "<x>",
+        "<y>",
+        "--resolution",
+        "256",
+        "--no-flip",
+        "--style",
+        "--validate-every",
+        "5",
+        "--validation-prompt",
+        "p {}",
+        "--checkpoint-every",
+        "4",
+        "--resume",
+        "--device",
+        "cpu",
+        "--no-progress",
     )
     assert code == 0
     config = seen["config"]
     assert (config.mode, config.images, config.vectors, config.steps, config.lr) == ("images", "pics", 2, 7, 0.1)
     assert (config.batch_size, config.grad_accum, config.warmup, config.schedule) == (3, 2, 1, "cosine")
     assert (config.max_grad_norm, config.seed, config.mixed_precision, config.init) == (0.5, 9, "bf16", "words")
-    assert (config.init_words, config.context, config.loss, config.norm_weight) == ("sunny hill", ["a", "b c"], "full", 0.2)
+    assert (config.init_words, config.context, config.loss, config.norm_weight) == (
+        "sunny hill",
+        ["a", "b c"],
+        "full",
+        0.2,
+    )
     assert (config.encoders, config.tokens, config.resolution) == (["clip_l"], ["<x>", "<y>"], 256)
     assert (config.flip, config.style, config.validate_every, config.validation_prompts) == (False, True, 5, ["p {}"])
     assert (config.checkpoint_every, config.resume, config.device, config.progress) == (4, True, "cpu", False)
@@ -189,16 +286,40 @@ def _bad_cases():
         ("inspect-missing", lambda d, f: ["inspect", f["missing"]], "missing"),
         ("inspect-garbage", lambda d, f: ["inspect", f["garbage"], "--model", d], "garbage"),
         ("inspect-width-mismatch", lambda d, f: ["inspect", f["sdxl"], "--model", d], "sdxl"),
-        ("inspect-not-a-pipeline", lambda d, f: ["inspect", f["sd1"], "--model", f["not_a_pipeline"]], "not-a-pipeline"),
+        (
+            "inspect-not-a-pipeline",
+            lambda d, f: ["inspect", f["sd1"], "--model", f["not_a_pipeline"]],
+            "not-a-pipeline",
+        ),
         ("convert-missing", lambda d, f: ["convert", f["missing"], "--to", "kohya"], "missing"),
         ("convert-garbage", lambda d, f: ["convert", f["garbage"], "--to", "kohya"], "garbage"),
         ("convert-no-layout", lambda d, f: ["convert", f["flux"], "--to", "a1111"], "a1111 cannot hold a flux"),
-        ("train-missing-model", lambda d, f: ["train", "--model", f["no_model"], "--target", "a b c", "--steps", "1"], "no-such-model"),
+        (
+            "train-missing-model",
+            lambda d, f: ["train", "--model", f["no_model"], "--target", "a b c", "--steps", "1"],
+            "no-such-model",
+        ),
         ("train-missing-target", lambda d, f: ["train", "--model", d, "--mode", "text"], "--target is required"),
-        ("train-zero-vectors", lambda d, f: ["train", "--model", d, "--target", "a b", "--vectors", "0"], "--vectors must be"),
-        ("train-missing-folder", lambda d, f: ["train", "--model", d, "--mode", "images", "--images", f["missing"]], "not a folder"),
-        ("train-empty-folder", lambda d, f: ["train", "--model", d, "--mode", "images", "--images", f["empty_dir"]], "no png/jpg"),
-        ("train-unwritable-out", lambda d, f: ["train", "--model", d, "--target", "a b", "--out", f["garbage"] / "x.safetensors"], "cannot write there"),
+        (
+            "train-zero-vectors",
+            lambda d, f: ["train", "--model", d, "--target", "a b", "--vectors", "0"],
+            "--vectors must be",
+        ),
+        (
+            "train-missing-folder",
+            lambda d, f: ["train", "--model", d, "--mode", "images", "--images", f["missing"]],
+            "not a folder",
+        ),
+        (
+            "train-empty-folder",
+            lambda d, f: ["train", "--model", d, "--mode", "images", "--images", f["empty_dir"]],
+            "no png/jpg",
+        ),
+        (
+            "train-unwritable-out",
+            lambda d, f: ["train", "--model", d, "--target", "a b", "--out", f["garbage"] / "x.safetensors"],
+            "cannot write there",
+        ),
     ]
     return cases
 

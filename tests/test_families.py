@@ -20,7 +20,16 @@ def test_detects_each_family(sd1, sd2, sdxl, flux):
 def test_unsupported_pipeline_names_the_supported_families():
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-    pipe = DDPMPipeline(unet=UNet2DModel(block_out_channels=(8, 8), down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, sample_size=8), scheduler=DDPMScheduler())
+    pipe = DDPMPipeline(
+        unet=UNet2DModel(
+            block_out_channels=(8, 8),
+            down_block_types=("DownBlock2D",) * 2,
+            up_block_types=("UpBlock2D",) * 2,
+            norm_num_groups=4,
+            sample_size=8,
+        ),
+        scheduler=DDPMScheduler(),
+    )
     with pytest.raises(UnsupportedPipelineError, match="DDPMPipeline.*Stable Diffusion XL.*Flux"):
         detect_family(pipe)
 
@@ -29,12 +38,22 @@ def test_unsupported_pipeline_names_the_supported_families():
 def test_text_mode_beats_baselines(family, request, tmp_path):
     pipe = request.getfixturevalue(family)
     cfg = TrainConfig(
-        model=f"tiny-{family}", out=str(tmp_path / "s.safetensors"), target=HARD, vectors=3, steps=60,
-        progress=False, probe_size=64, eval_samples=6, checkpoint_every=0,
+        model=f"tiny-{family}",
+        out=str(tmp_path / "s.safetensors"),
+        target=HARD,
+        vectors=3,
+        steps=60,
+        progress=False,
+        probe_size=64,
+        eval_samples=6,
+        checkpoint_every=0,
     )
     result = train(cfg, pipe=pipe)
     soft = SoftPrompt.load(result.soft_prompt)
-    widths = {k: getattr(pipe, FAMILIES[family].encoder(k).text_encoder).get_input_embeddings().weight.shape[1] for k in soft.vectors}
+    widths = {
+        k: getattr(pipe, FAMILIES[family].encoder(k).text_encoder).get_input_embeddings().weight.shape[1]
+        for k in soft.vectors
+    }
     assert {k: v.shape for k, v in soft.vectors.items()} == {k: (3, w) for k, w in widths.items()}
     assert set(soft.vectors) == set(FAMILIES[family].keys)
     for where in ("alone", "composed"):
@@ -50,8 +69,17 @@ def test_image_mode_runs(family, request, tmp_path):
     g = torch.Generator().manual_seed(0)
     Image.fromarray((torch.rand(64, 72, 3, generator=g) * 255).to(torch.uint8).numpy()).save(folder / "a.png")
     cfg = TrainConfig(
-        model=f"tiny-{family}", out=str(tmp_path / "ti.safetensors"), mode="images", images=str(folder), vectors=2,
-        steps=4, resolution=64, batch_size=2, init="random", progress=False, checkpoint_every=0,
+        model=f"tiny-{family}",
+        out=str(tmp_path / "ti.safetensors"),
+        mode="images",
+        images=str(folder),
+        vectors=2,
+        steps=4,
+        resolution=64,
+        batch_size=2,
+        init="random",
+        progress=False,
+        checkpoint_every=0,
     )
     before = {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
     result = train(cfg, pipe=pipe)
@@ -63,8 +91,16 @@ def test_image_mode_runs(family, request, tmp_path):
 
 def test_train_only_t5(flux, tmp_path):
     cfg = TrainConfig(
-        model="tiny-flux", out=str(tmp_path / "t5.safetensors"), target=HARD, vectors=2, steps=5, encoders=["t5xxl"],
-        progress=False, probe_size=64, eval_samples=2, checkpoint_every=0,
+        model="tiny-flux",
+        out=str(tmp_path / "t5.safetensors"),
+        target=HARD,
+        vectors=2,
+        steps=5,
+        encoders=["t5xxl"],
+        progress=False,
+        probe_size=64,
+        eval_samples=2,
+        checkpoint_every=0,
     )
     result = train(cfg, pipe=flux)
     soft = SoftPrompt.load(result.soft_prompt)
@@ -82,8 +118,16 @@ def test_flux_resolution_must_fit_packed_latents(flux, tmp_path):
     folder = tmp_path / "pics"
     folder.mkdir()
     Image.new("RGB", (64, 64), "red").save(folder / "a.png")
-    cfg = TrainConfig(model="tiny-flux", out=str(tmp_path / "x.safetensors"), mode="images", images=str(folder),
-                      steps=1, resolution=72, init="random", progress=False)
+    cfg = TrainConfig(
+        model="tiny-flux",
+        out=str(tmp_path / "x.safetensors"),
+        mode="images",
+        images=str(folder),
+        steps=1,
+        resolution=72,
+        init="random",
+        progress=False,
+    )
     with pytest.raises(ConfigError, match="--resolution 72: a flux model needs a multiple of 16"):
         train(cfg, pipe=flux)
     assert not (tmp_path / "x.safetensors").exists()

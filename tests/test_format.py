@@ -160,7 +160,12 @@ def test_a1111_pt_layout_is_plain_data(tmp_path):
     assert set(data) == {"string_to_token", "string_to_param", "name", "step", "sd_checkpoint", "sd_checkpoint_name"}
     assert data["string_to_token"] == {"*": 265}
     assert torch.equal(data["string_to_param"]["*"], original.vectors["clip_h"])
-    assert (data["name"], data["step"], data["sd_checkpoint"], data["sd_checkpoint_name"]) == ("cat", 500, None, "v2-1_768")
+    assert (data["name"], data["step"], data["sd_checkpoint"], data["sd_checkpoint_name"]) == (
+        "cat",
+        500,
+        None,
+        "v2-1_768",
+    )
 
 
 @pytest.mark.parametrize(
@@ -283,9 +288,13 @@ def test_read_a1111_pt(tmp_path, zipped):
     loaded = SoftPrompt.load(tmp_path / "pekora.pt")
     assert torch.equal(loaded.vectors["clip_l"], tensor)
     assert type(loaded.vectors["clip_l"]) is torch.Tensor  # not a Parameter
-    assert loaded.metadata == {"name": "pekora", "steps": "19500", "base_model": "wd-1-2", "base_model_hash": "45dee52b"}
+    assert loaded.metadata == {
+        "name": "pekora",
+        "steps": "19500",
+        "base_model": "wd-1-2",
+        "base_model_hash": "45dee52b",
+    }
     assert loaded.source_format == "a1111"
-
 
 
 class _EmbeddingEncoder(json.JSONEncoder):
@@ -381,13 +390,19 @@ def test_read_onetrainer_sd1_with_out_key(tmp_path):
 
 def test_read_onetrainer_sdxl_and_flux_out_keys(tmp_path):
     save_file(
-        {k: vectors(2, w, i) for i, (k, w) in enumerate({"clip_l": 768, "clip_g": 1280, "clip_l_out": 768, "clip_g_out": 1280}.items())},
+        {
+            k: vectors(2, w, i)
+            for i, (k, w) in enumerate({"clip_l": 768, "clip_g": 1280, "clip_l_out": 768, "clip_g_out": 1280}.items())
+        },
         str(tmp_path / "xl.safetensors"),
     )
     xl = SoftPrompt.load(tmp_path / "xl.safetensors")
     assert set(xl.vectors) == {"clip_l", "clip_g"} and xl.source_format == "onetrainer"
     assert xl.notes == ["ignored OneTrainer output-embedding keys clip_g_out, clip_l_out"]
-    save_file({"clip_l": vectors(2, 768), "t5": vectors(2, 4096, 1), "t5_out": vectors(2, 4096, 2)}, str(tmp_path / "fx.safetensors"))
+    save_file(
+        {"clip_l": vectors(2, 768), "t5": vectors(2, 4096, 1), "t5_out": vectors(2, 4096, 2)},
+        str(tmp_path / "fx.safetensors"),
+    )
     flux = SoftPrompt.load(tmp_path / "fx.safetensors")
     assert set(flux.vectors) == {"clip_l", "t5xxl"} and flux.family == "flux"
     assert torch.equal(flux.vectors["t5xxl"], vectors(2, 4096, 1))
@@ -460,12 +475,16 @@ def _dump_pickle(protocol):
 
 
 @pytest.mark.parametrize("payload", [_OpensFile, _RunsShell])
-@pytest.mark.parametrize("dump", [_dump_torch, _dump_pickle(2), _dump_pickle(4)], ids=["torch.save", "pickle-2", "pickle-4"])
+@pytest.mark.parametrize(
+    "dump", [_dump_torch, _dump_pickle(2), _dump_pickle(4)], ids=["torch.save", "pickle-2", "pickle-4"]
+)
 def test_malicious_pickle_refused_and_not_run(tmp_path, payload, dump):
     marker = tmp_path / "PWNED"
     path = tmp_path / "evil.pt"
     dump({"emb_params": vectors(1, 768), "x": payload(marker)}, path)
-    with pytest.raises(UnsafeFileError, match=r"evil\.pt: refused: the pickle asks to run code \((io\.open|posix\.system)"):
+    with pytest.raises(
+        UnsafeFileError, match=r"evil\.pt: refused: the pickle asks to run code \((io\.open|posix\.system)"
+    ):
         SoftPrompt.load(path)
     assert not marker.exists()
 

@@ -42,14 +42,17 @@ def test_grid_size_labels_and_record(sd1, tmp_path):
 
     assert grid_path == tmp_path / "grid.png" and json_path == tmp_path / "grid.json"
     geometry = grid_geometry(
-        2, 3, 64, 64,
+        2,
+        3,
+        64,
+        64,
         row_labels=prompts,
         col_labels=[f"seed {s}" for s in seeds],
         caption=grid_caption("tiny-sd1", 2, 5.0, 64, 64),
     )
     grid = Image.open(grid_path)
     assert grid.size == geometry.size
-    assert "tiny-sd1 · 2 steps · guidance 5 · 64x64" == geometry.caption_lines[0]
+    assert geometry.caption_lines[0] == "tiny-sd1 · 2 steps · guidance 5 · 64x64"
 
     record = json.loads(json_path.read_text())
     assert record["prompts"] == prompts and record["seeds"] == seeds
@@ -65,7 +68,11 @@ def test_grid_size_labels_and_record(sd1, tmp_path):
 
 def test_same_seed_same_image_other_seed_other_image(sd1):
     pipe = _quiet(sd1)
-    first, again, other = _draw(pipe, "mountain view", 0), _draw(pipe, "mountain view", 0), _draw(pipe, "mountain view", 1)
+    first, again, other = (
+        _draw(pipe, "mountain view", 0),
+        _draw(pipe, "mountain view", 0),
+        _draw(pipe, "mountain view", 1),
+    )
     assert first.shape == (64, 64, 3)
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
@@ -130,8 +137,14 @@ def test_load_pipeline_errors(tmp_path, monkeypatch):
 def test_unsupported_pipeline_class(tmp_path):
     from diffusers import DDIMScheduler, DDPMPipeline, UNet2DModel
 
-    unet = UNet2DModel(sample_size=8, block_out_channels=(8, 8), norm_num_groups=4, layers_per_block=1,
-                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
+    unet = UNet2DModel(
+        sample_size=8,
+        block_out_channels=(8, 8),
+        norm_num_groups=4,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+    )
     DDPMPipeline(unet=unet, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "ddpm")
     with pytest.raises(UnsupportedPipelineError, match="DDPMPipeline is not supported"):
         load_pipeline(str(tmp_path / "ddpm"))

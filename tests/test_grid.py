@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageChops
 
-from sd_softprompt.grid import grid_geometry, make_grid, wrap_text, load_font
+from sd_softprompt.grid import grid_geometry, load_font, make_grid, wrap_text
 
 CELL = (48, 32)
 
@@ -107,8 +107,10 @@ def test_text_stays_inside_its_band():
 
 def test_long_prompt_wraps_without_widening():
     label_width = 120
-    long_prompt = ("a highly detailed oil painting of <my-token> standing in a misty forest at dawn, "
-                   "volumetric light, trending on artstation, by several famous painters")
+    long_prompt = (
+        "a highly detailed oil painting of <my-token> standing in a misty forest at dawn, "
+        "volumetric light, trending on artstation, by several famous painters"
+    )
     _, out_short, _ = build(2, 2, label_width=label_width, row_labels=["short", "short"])
     _, out_long, geo = build(2, 2, label_width=label_width, row_labels=[long_prompt, "short"])
     assert out_long.size[0] == out_short.size[0] == 4 + label_width + 4 + 2 * (CELL[0] + 4)

@@ -43,7 +43,9 @@ def diffusers_load(pipe, family: str, paths: list) -> str:
         aliases = {"t5xxl": ["t5xxl", "t5"]}
         tensors = [next(sd[k] for k in aliases.get(e.key, [e.key]) if k in sd) for e in enc]
     for e, t in zip(enc, tensors):
-        pipe.load_textual_inversion(t, token=token, tokenizer=getattr(pipe, e.tokenizer), text_encoder=getattr(pipe, e.text_encoder))
+        pipe.load_textual_inversion(
+            t, token=token, tokenizer=getattr(pipe, e.tokenizer), text_encoder=getattr(pipe, e.text_encoder)
+        )
     return token
 
 
@@ -82,7 +84,9 @@ def test_diffusers_pools_at_a_soft_token_and_we_do_not(tmp_path):
     mine = FAMILIES["sdxl"].encode(ours, ["[v1][v2][v3] mountain view"])["pooled"]
     ref = FAMILIES["sdxl"].encode(theirs, [f"{token} mountain view"])["pooled"]
     assert not torch.allclose(mine, ref)
-    ids = ours.tokenizer_2("[v1][v2][v3] mountain view", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    ids = ours.tokenizer_2(
+        "[v1][v2][v3] mountain view", padding="max_length", max_length=77, return_tensors="pt"
+    ).input_ids
     eos = (ids[0] == ours.tokenizer_2.eos_token_id).nonzero()[0].item()
     out = ours.text_encoder_2(ids)
     expected = ours.text_encoder_2.text_projection(out.last_hidden_state[0, eos])

@@ -62,7 +62,9 @@ def test_with_and_without_spaces(sd1):
     b = sd1.tokenizer("[v1] [v2] [v3] mountain view").input_ids
     ids = sd1.tokenizer.convert_tokens_to_ids(["[v1]", "[v2]", "[v3]"])
     assert a == b and a[1:4] == ids
-    assert torch.equal(encode(sd1, "[v1][v2][v3] mountain view")["states"], encode(sd1, "[v1] [v2] [v3] mountain view")["states"])
+    assert torch.equal(
+        encode(sd1, "[v1][v2][v3] mountain view")["states"], encode(sd1, "[v1] [v2] [v3] mountain view")["states"]
+    )
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl", "flux"])

@@ -68,8 +68,18 @@ def test_only_vectors_are_trained(tmp_path, sd1):
 def test_image_mode_runs_and_lowers_loss(tmp_path, sd1, capsys):
     folder = make_images(tmp_path / "pics")
     cfg = TrainConfig(
-        model="tiny-sd1", out=str(tmp_path / "ti.safetensors"), mode="images", images=str(folder), vectors=2,
-        steps=40, lr=2e-2, resolution=64, batch_size=4, init="random", progress=False, checkpoint_every=0,
+        model="tiny-sd1",
+        out=str(tmp_path / "ti.safetensors"),
+        mode="images",
+        images=str(folder),
+        vectors=2,
+        steps=40,
+        lr=2e-2,
+        resolution=64,
+        batch_size=4,
+        init="random",
+        progress=False,
+        checkpoint_every=0,
     )
     result = train(cfg, pipe=sd1)
     assert "skipped notes.md" in capsys.readouterr().out
@@ -126,7 +136,10 @@ def test_bad_input_one_clear_error_and_nothing_written(tmp_path, change, message
     (tmp_path / "empty").mkdir()
     (tmp_path / "afile").write_text("a file, not a folder")
     where = {"MISSING": tmp_path / "missing", "EMPTY": tmp_path / "empty", "OUTDIR": tmp_path}
-    change = {k: str(where.get(v, v)).replace("FILE", str(tmp_path / "afile")) if isinstance(v, str) else v for k, v in change.items()}
+    change = {
+        k: str(where.get(v, v)).replace("FILE", str(tmp_path / "afile")) if isinstance(v, str) else v
+        for k, v in change.items()
+    }
     before = sorted(p.name for p in tmp_path.rglob("*"))
     with pytest.raises(ConfigError, match=message):
         train(text_config(tmp_path, **change))
@@ -136,9 +149,20 @@ def test_bad_input_one_clear_error_and_nothing_written(tmp_path, change, message
 def test_validation_grids_next_to_checkpoints(tmp_path, sd1):
     folder = make_images(tmp_path / "pics")
     cfg = TrainConfig(
-        model="tiny-sd1", out=str(tmp_path / "ti.safetensors"), mode="images", images=str(folder), vectors=2,
-        steps=4, resolution=64, batch_size=2, init="random", progress=False, checkpoint_every=0,
-        validate_every=2, validation_prompts=["a photo of {} on a table"], validation_seeds=[0, 1],
+        model="tiny-sd1",
+        out=str(tmp_path / "ti.safetensors"),
+        mode="images",
+        images=str(folder),
+        vectors=2,
+        steps=4,
+        resolution=64,
+        batch_size=2,
+        init="random",
+        progress=False,
+        checkpoint_every=0,
+        validate_every=2,
+        validation_prompts=["a photo of {} on a table"],
+        validation_seeds=[0, 1],
     )
     train(cfg, pipe=sd1)
     grids = sorted((tmp_path / "ti.validation").glob("*.png"))
