@@ -34,7 +34,7 @@ _LAZY = {
     "unload_soft_prompt": "loader",
     "detect_family": "families",
     "FAMILIES": "families",
-    "TrainConfig": "train",  # the trainer itself: from sd_softprompt.train import train
+    "TrainConfig": "config",  # the trainer itself: from sd_softprompt.train import train
 }
 
 __all__ = [

@@ -1,21 +1,28 @@
-"""What training compares, and the measure of success.
+"""What training compares: the losses, and the two objectives built on them.
 
 - Text target (prompt distillation): "<soft tokens> <context>" against the cached "<hard prompt> <context>",
   compared where the model uses them: the denoiser's output (default), or the conditioning states.
 - Image reconstruction (textual inversion): the denoiser's own training loss on cached VAE latents.
-- The measure: denoiser-space distance D(p) = mean ||f(x_t, t, enc(p)) - f(x_t, t, enc(ref))||^2 on fixed
-  random noisy latents and timesteps, f being the pipeline's UNet / Flux transformer.
+
+A new loss is one entry in LOSSES; a new objective one class in OBJECTIVES.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
 from .families import Cond, Family, prediction_type
+from .images import OBJECT_TEMPLATES, STYLE_TEMPLATES, caption_for, load_image, scan_images
+from .measure import Probe, default_size, join, sample_timesteps
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 # Neutral suffixes the soft tokens are trained (and measured) next to, so that the vectors compose with
 # other words instead of only working alone. "" is the soft prompt alone.
@@ -33,14 +40,6 @@ CONTEXTS = [
     "with a dog",
     "in winter",
 ]
-# Held out from training: the composition part of the measure.
-EVAL_CONTEXTS = ["", "mountain view", "with a small boat", "pencil sketch"]
-
-LOSSES = ("denoiser", "sequence", "full")
-
-
-def join(prefix: str, context: str) -> str:
-    return f"{prefix} {context}".strip() if context else prefix
 
 
 # ---------------------------------------------------------------- text target
@@ -94,10 +93,39 @@ def full_loss(soft: torch.Tensor, hard: torch.Tensor, a: Alignment) -> torch.Ten
     return F.mse_loss(soft.float(), hard.float())
 
 
+StatesLoss = Callable[[torch.Tensor, torch.Tensor, Alignment], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A text-mode loss: what it compares, and so which frozen parts its steps run."""
+
+    description: str
+    needs_denoiser: bool  # its steps run the denoiser (else only the text encoders)
+    states: StatesLoss | None = None  # compares conditioning states with this; None: the denoiser's outputs
+
+
+LOSSES: dict[str, Loss] = {
+    "denoiser": Loss("the denoiser's outputs on a pool of noisy latents (hard-prompt targets cached)", True),
+    "sequence": Loss("the encoders' states, aligned token by token (no denoiser in the loop)", False, sequence_loss),
+    "full": Loss("the encoders' states position by position (the naive design, for comparison)", False, full_loss),
+}
+
+
+def get_loss(name: str) -> Loss:
+    """The registered loss called `name`; ConfigError naming the choices for any other name."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, not {name!r}") from None
+
+
 def cond_loss(kind: str, soft: Cond, hard: Cond, a: Alignment, scale: dict[str, float]) -> torch.Tensor:
     """Loss between two conditionings, each part divided by the target's variance so parts weigh alike."""
-    states = (sequence_loss if kind == "sequence" else full_loss)(soft["states"], hard["states"], a)
-    loss = states / scale["states"]
+    compare = get_loss(kind).states
+    if compare is None:
+        raise ConfigError(f"--loss {kind} compares the denoiser's outputs, not conditioning states")
+    loss = compare(soft["states"], hard["states"], a) / scale["states"]
     if "pooled" in hard:
         # pooled vectors are position-free: compare directly
         loss = loss + F.mse_loss(soft["pooled"].float(), hard["pooled"].float()) / scale["pooled"]
@@ -108,18 +136,7 @@ def cond_scale(cond: Cond) -> dict[str, float]:
     return {k: max(v.float().var().item(), 1e-8) for k, v in cond.items()}
 
 
-# ---------------------------------------------------------------- noise, timesteps, denoiser targets
-def sample_timesteps(pipe, family: Family, n: int, generator: torch.Generator, device) -> torch.Tensor:
-    """UNet families: integer timesteps; flow (Flux): sigmas in (0, 1) from the scheduler's shifted schedule."""
-    if prediction_type(pipe, family) == "flow":
-        u = torch.rand(n, generator=generator)
-        shift = pipe.scheduler.config.get("shift", 1.0)
-        sigmas = shift * u / (1 + (shift - 1) * u)  # the same time shift the Flux scheduler applies
-        return sigmas.clamp(1e-3, 1.0).to(device)
-    steps = pipe.scheduler.config.num_train_timesteps
-    return torch.randint(0, steps, (n,), generator=generator).to(device)
-
-
+# ---------------------------------------------------------------- noise and denoiser targets
 def noisy_and_target(pipe, family: Family, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
     """x_t and what the denoiser should predict for it, per the pipeline's scheduler config."""
     kind = prediction_type(pipe, family)
@@ -140,78 +157,119 @@ def image_loss(pipe, family: Family, x0, noise, t, cond: Cond) -> torch.Tensor:
     return F.mse_loss(pred.float(), target.float())
 
 
-# ---------------------------------------------------------------- the measure
-@dataclass
-class Probe:
-    """Fixed noisy latents and timesteps on which every prompt is compared."""
+# ---------------------------------------------------------------- the objectives
+class TextObjective:
+    """Distil the hard prompt: "<soft> <context>" against the cached "<hard> <context>", compared on the
+    denoiser's output (--loss denoiser) or on the conditioning states (sequence, full)."""
 
-    x_t: torch.Tensor
-    t: torch.Tensor
+    name = "text"  # the written file's metadata["objective"]
+    measured = True  # the final report measures D against the hard prompt
 
-    @classmethod
-    def make(cls, pipe, family: Family, n: int = 8, size: int | None = None, seed: int = 0) -> Probe:
-        g = torch.Generator().manual_seed(seed)
-        size = size or default_size(pipe, family)
-        shape = family.latent_shape(pipe, size, size)
-        device, dtype = denoiser(pipe, family).device, denoiser(pipe, family).dtype
-        x = torch.randn(n, *shape, generator=g).to(device, dtype)
-        return cls(x, sample_timesteps(pipe, family, n, g, device))
+    def __init__(self, pipe, family: Family, cfg: TrainConfig, tokens: list[str], log: Callable[[str], None]):
+        self.pipe, self.family, self.cfg, self.soft_text = pipe, family, cfg, "".join(tokens)
+        self.kind = get_loss(cfg.loss)
+        self.contexts = list(dict.fromkeys(CONTEXTS + list(cfg.context)))
+        with torch.no_grad():  # frozen targets: computed once, never per step
+            parts = [
+                family.encode(pipe, [join(cfg.target, c) for c in self.contexts[i : i + 8]])
+                for i in range(0, len(self.contexts), 8)
+            ]
+            self.targets = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        self.scale = cond_scale(self.targets)
+        # The denoiser's states come from the last encoder's tokenizer (SD: the only one; SDXL: both
+        # tokenize alike; Flux: T5), so its token counts set the alignment.
+        self.alignment = alignment(getattr(pipe, family.encoders[-1].tokenizer), cfg.target, cfg.vectors)
+        if self.kind.needs_denoiser:
+            self._pool_targets(cfg.probe_size or min(default_size(pipe, family), 256))
 
+    @staticmethod
+    def needs_denoiser(cfg: TrainConfig) -> bool:
+        return get_loss(cfg.loss).needs_denoiser
 
-def denoiser(pipe, family: Family):
-    return getattr(pipe, family.denoiser)
+    @property
+    def metadata_loss(self) -> str:
+        """The loss named in the written file's metadata."""
+        return self.cfg.loss
 
+    def _pool_targets(self, size: int) -> None:
+        """The denoiser's outputs for the hard prompt are frozen targets too: a pool of noisy latents per
+        context, predicted once, instead of one extra denoiser forward every step."""
+        n = len(self.contexts) * self.cfg.probe_pool
+        self.probe = Probe.make(self.pipe, self.family, n, size, seed=self.cfg.seed + 7)
+        self.context_of = torch.arange(n) % len(self.contexts)
+        with torch.no_grad():
+            chunks = []
+            for i in range(0, n, 8):
+                ctx = self.context_of[i : i + 8]
+                cond = {k: v[ctx.to(v.device)] for k, v in self.targets.items()}
+                chunks.append(self.family.predict(self.pipe, self.probe.x_t[i : i + 8], self.probe.t[i : i + 8], cond))
+        self.want = torch.cat(chunks)
+        self.want_var = self.want.float().var().clamp_min(1e-8)
 
-def default_size(pipe, family: Family) -> int:
-    """The model's default resolution, capped at 512 px to keep the probe cheap."""
-    return min(family.native_size(pipe), 512)
+    def loss(self, generator: torch.Generator) -> torch.Tensor:
+        if self.kind.states is None:
+            pick = torch.randint(len(self.context_of), (self.cfg.batch_size,), generator=generator)
+            pred = self._encode_soft(self.context_of[pick])
+            pick = pick.to(self.probe.x_t.device)
+            got = self.family.predict(self.pipe, self.probe.x_t[pick], self.probe.t[pick], pred)
+            return F.mse_loss(got.float(), self.want[pick].float()) / self.want_var
+        idx = torch.randint(len(self.contexts), (self.cfg.batch_size,), generator=generator)
+        pred = self._encode_soft(idx)
+        target = {k: v[idx.to(v.device)].to(pred["states"].device) for k, v in self.targets.items()}
+        return cond_loss(self.cfg.loss, pred, target, self.alignment, self.scale)
 
-
-@torch.no_grad()
-def predictions(pipe, family: Family, prompt: str, probe: Probe, batch: int = 4) -> torch.Tensor:
-    """The denoiser's outputs for one prompt on every probe sample, in float32."""
-    cond = family.encode(pipe, [prompt])
-    out = []
-    for i in range(0, probe.x_t.shape[0], batch):
-        x, t = probe.x_t[i : i + batch], probe.t[i : i + batch]
-        out.append(family.predict(pipe, x, t, {k: v.expand(x.shape[0], *v.shape[1:]) for k, v in cond.items()}).float())
-    return torch.cat(out)
-
-
-def distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean over probe samples of the per-sample mean squared difference."""
-    return (a - b).pow(2).mean(dim=tuple(range(1, a.dim()))).mean().item()
-
-
-def first_words(hard: str, n: int) -> str:
-    return " ".join(hard.split()[:n])
-
-
-def distance_report(
-    pipe, family: Family, soft_text: str, hard: str, n: int, probe: Probe, contexts=EVAL_CONTEXTS
-) -> dict:
-    """D for the soft prompt and the two obvious baselines, alone and composed with held-out context words."""
-    candidates = {"soft": soft_text, "first_n_words": first_words(hard, n), "empty": ""}
-    report: dict = {"contexts": list(contexts), "probe_samples": int(probe.x_t.shape[0])}
-    for where, ctxs in (("alone", [""]), ("composed", [c for c in contexts if c])):
-        refs = {c: predictions(pipe, family, join(hard, c), probe) for c in ctxs}  # once, shared by candidates
-        d = {
-            name: sum(distance(predictions(pipe, family, join(p, c), probe), refs[c]) for c in ctxs) / len(ctxs)
-            for name, p in candidates.items()
-        }
-        report[where] = {
-            "D": d,
-            "ratio_to_first_n_words": d["soft"] / max(d["first_n_words"], 1e-12),
-            "ratio_to_empty": d["soft"] / max(d["empty"], 1e-12),
-        }
-    return report
+    def _encode_soft(self, contexts: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.family.encode(self.pipe, [join(self.soft_text, self.contexts[i]) for i in contexts])
 
 
-def cosine_schedule(step: int, total: int, warmup: int, kind: str) -> float:
-    """LR multiplier: linear warm-up, then constant or cosine decay to 0."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if kind == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+class ImageObjective:
+    """Textual inversion: the denoiser's loss on VAE latents encoded once (with flipped copies)."""
+
+    name = "image"  # the written file's metadata["objective"]
+    metadata_loss = "denoising"  # the loss named in the written file's metadata
+    measured = False  # no hard prompt to measure against
+
+    def __init__(self, pipe, family: Family, cfg: TrainConfig, tokens: list[str], log: Callable[[str], None]):
+        self.pipe, self.family, self.cfg = pipe, family, cfg
+        soft_text = "".join(tokens)
+        paths, warnings_ = scan_images(cfg.images)
+        for w in warnings_:
+            log(w)
+        templates = STYLE_TEMPLATES if cfg.style else OBJECT_TEMPLATES
+        vae = pipe.vae
+        multiple = pipe.vae_scale_factor * family.latent_patch
+        if cfg.resolution % multiple:
+            raise ConfigError(f"--resolution {cfg.resolution}: a {family.name} model needs a multiple of {multiple}")
+        shift = vae.config.get("shift_factor") or 0.0  # Flux's VAE latents are shifted, SD's are not
+        latents, self.captions = [], []
+        with torch.no_grad():  # the VAE runs once per image, never per step
+            for p in paths:
+                x = load_image(p, cfg.resolution).unsqueeze(0).to(vae.device, vae.dtype)
+                views = [x, x.flip(-1)] if cfg.flip else [x]
+                for v in views:
+                    z = vae.encode(v).latent_dist.mode()
+                    latents.append(((z - shift) * vae.config.scaling_factor)[0])
+                    self.captions.append(caption_for(p, soft_text, tokens))
+        self.latents = torch.stack(latents)
+        self.templates = [t.format(soft_text) for t in templates]
+
+    def loss(self, generator: torch.Generator) -> torch.Tensor:
+        b = self.cfg.batch_size
+        idx = torch.randint(len(self.latents), (b,), generator=generator)
+        prompts = [
+            self.captions[i] or self.templates[int(torch.randint(len(self.templates), (1,), generator=generator))]
+            for i in idx
+        ]
+        x0 = self.latents[idx.to(self.latents.device)]
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+        t = sample_timesteps(self.pipe, self.family, b, generator, x0.device)
+        cond = self.family.encode(self.pipe, prompts)
+        return image_loss(self.pipe, self.family, x0, noise, t, cond)
+
+    @staticmethod
+    def needs_denoiser(cfg: TrainConfig) -> bool:
+        return True
+
+
+# --mode -> objective; each takes (pipe, family, cfg, tokens, log) and has loss(generator).
+OBJECTIVES: dict[str, type[TextObjective] | type[ImageObjective]] = {"text": TextObjective, "images": ImageObjective}

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, PngImagePlugin
 from safetensors.torch import save_file
 
-import sd_softprompt.format as fmt
+from sd_softprompt import safe_read, writers
 from sd_softprompt.errors import FormatError, InvalidVectorsError, SoftPromptError, UnsafeFileError
 from sd_softprompt.format import (
     ENCODER_KEYS,
@@ -64,7 +64,7 @@ def test_constants():
     assert FORMATS == ("native", "diffusers", "a1111", "kohya", "onetrainer")
     assert MAX_VECTORS == 75 and UNASSIGNED == "*" and FORMAT_VERSION == "sd-softprompt/1"
     assert default_tokens(3) == ["[v1]", "[v2]", "[v3]"]
-    assert tuple(fmt._WRITERS) == FORMATS  # the writer table covers exactly the public formats
+    assert tuple(writers.WRITERS) == FORMATS  # the writer table covers exactly the public formats
 
 
 def test_post_init_coerces_1d_and_fills_tokens():
@@ -363,7 +363,7 @@ def test_embedding_png_without_chunk_or_with_garbage(tmp_path):
 def test_embedding_png_size_guard_and_broken_png(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     save_embedding_png(path, a1111_b64({"string_to_param": {"*": vectors(2, 768)}, "name": "big"}))
-    monkeypatch.setattr(fmt, "_MAX_PNG_EMBEDDING", 1024)
+    monkeypatch.setattr(safe_read, "MAX_PNG_EMBEDDING", 1024)
     with pytest.raises(FormatError, match=r"big\.png: the sd-ti-embedding chunk decodes to .* refused"):
         SoftPrompt.load(path)
     cut = tmp_path / "cut.png"
@@ -590,7 +590,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
             handle.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(fmt, "save_file", crash)
+    monkeypatch.setattr(writers, "save_file", crash)
     with pytest.raises(OSError, match="disk full"):
         make_prompt("sd2").save(path)
     assert path.read_bytes() == before
@@ -598,7 +598,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
 
 
 def test_failed_pair_write_leaves_neither_file(tmp_path, monkeypatch):
-    real = fmt.save_file
+    real = writers.save_file
     calls = []
 
     def fail_second(tensors, filename, metadata=None):
@@ -607,7 +607,7 @@ def test_failed_pair_write_leaves_neither_file(tmp_path, monkeypatch):
             raise OSError("disk full")
         real(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(fmt, "save_file", fail_second)
+    monkeypatch.setattr(writers, "save_file", fail_second)
     with pytest.raises(OSError):
         make_prompt("sdxl").save(tmp_path / "pair", "diffusers")
     assert list((tmp_path / "pair").iterdir()) == []

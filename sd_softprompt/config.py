@@ -1,0 +1,95 @@
+"""The training run's settings (one field per `train` flag) and their validation."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+from .format import MAX_VECTORS
+from .images import scan_images
+from .objectives import OBJECTIVES, get_loss
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; the CLI's `train` flags map one to one onto these fields."""
+
+    model: str  # hub id or local path of a diffusers pipeline
+    out: str  # the soft prompt file to write (.safetensors, native format)
+    mode: str = "text"  # "text" or "images"
+    target: str | None = None  # text mode: the hard prompt
+    images: str | None = None  # images mode: a folder of png/jpg/jpeg/webp (+ optional same-name .txt captions)
+    vectors: int = 4
+    steps: int = 300
+    lr: float = 5e-3
+    batch_size: int = 4
+    grad_accum: int = 1
+    warmup: int = 20  # steps of linear warm-up
+    schedule: str = "constant"  # or "cosine"
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16": the frozen models' dtype; vectors stay fp32
+    init: str = "hard"  # "hard" (the hard prompt's own token embeddings; random without a target) | "random" | "words"
+    init_words: str | None = None
+    context: list[str] = field(default_factory=list)  # extra context suffixes (added to the built-in ones)
+    loss: str = "denoiser"  # text mode: "denoiser" | "sequence" | "full" (see objectives.py and the README)
+    norm_weight: float = 0.0  # >0 pulls vector norms towards the vocabulary's mean norm
+    encoders: list[str] | None = None  # train only these encoder keys (e.g. ["t5xxl"]); default all
+    tokens: list[str] | None = None  # placeholder names (default [v1]..[vN])
+    name: str | None = None
+    # images mode
+    resolution: int = 512
+    flip: bool = True
+    style: bool = False
+    validate_every: int = 0
+    validation_prompts: list[str] = field(default_factory=list)
+    validation_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    # bookkeeping
+    checkpoint_every: int = 100
+    resume: bool = False
+    probe_pool: int = 32  # denoiser loss: noisy latents per context whose hard-prompt targets are computed once
+    eval_samples: int = 8  # noisy latents in the denoiser-distance probe
+    probe_size: int | None = None  # image size of the probe (default: the model's, at most 512)
+    device: str | None = None
+    offload: bool = True  # park frozen parts a step does not run (VAE, text-mode denoiser) in CPU memory
+    progress: bool = True
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse bad input before anything is loaded or written."""
+    if cfg.mode not in OBJECTIVES:
+        raise ConfigError(f"--mode must be one of {', '.join(OBJECTIVES)}, not {cfg.mode!r}")
+    if cfg.mode == "text" and not (cfg.target or "").strip():
+        raise ConfigError(
+            '--target is required in text mode: the hard prompt to distil, e.g. --target "image of serene landscape at sunrise"'
+        )
+    if cfg.mode == "images":
+        scan_images(cfg.images)
+    if not 1 <= cfg.vectors <= MAX_VECTORS:
+        raise ConfigError(f"--vectors must be between 1 and {MAX_VECTORS}, not {cfg.vectors}")
+    if min(cfg.steps, cfg.batch_size, cfg.grad_accum, cfg.probe_pool, cfg.eval_samples) < 1:
+        raise ConfigError("--steps, --batch-size, --grad-accum, --probe-pool and --eval-samples must be at least 1")
+    get_loss(cfg.loss)  # ConfigError naming the losses for any other name
+    if cfg.init not in ("hard", "random", "words") or (cfg.init == "words" and not cfg.init_words):
+        raise ConfigError('--init must be hard, random or words (words needs --init-words "...")')
+    if cfg.schedule not in ("constant", "cosine"):
+        raise ConfigError(f"--schedule must be constant or cosine, not {cfg.schedule!r}")
+    out = cfg.out_path
+    if out.suffix != ".safetensors":
+        raise ConfigError(
+            f"{out}: --out must be a .safetensors file (convert to other formats with sd-softprompt convert)"
+        )
+    if out.is_dir():
+        raise ConfigError(f"{out}: --out is a folder; give a file name ending in .safetensors")
+    parent = out.parent if str(out.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise ConfigError(f"{out}: cannot write there ({probe} is not a writable folder); choose another --out")
