@@ -315,10 +315,12 @@ def _generate(args) -> int:
     from .generate import default_guidance, generate, image_path, save_image
 
     out = image_path(Path(args.out))  # an unwritable suffix fails before the model loads
-    pipe, _ = _pipeline_with_soft(args)
-    _warn_overflow(pipe, [args.prompt])
-    guidance = default_guidance(pipe) if args.guidance is None else args.guidance
-    image = generate(pipe, args.prompt, args.seed, args.steps, guidance, args.height, args.width, args.negative_prompt)
+    pipe, family, _ = _pipeline_with_soft(args)
+    _warn_overflow(pipe, family, [args.prompt])
+    guidance = default_guidance(pipe, family) if args.guidance is None else args.guidance
+    image = generate(
+        pipe, args.prompt, args.seed, args.steps, guidance, args.height, args.width, args.negative_prompt, family
+    )
     print(f"wrote {save_image(image, out)}")
     return 0
 
@@ -327,21 +329,22 @@ def _grid(args) -> int:
     from .generate import default_guidance, grid_target, image_path, run_grid
 
     out = image_path(grid_target(Path(args.out)))
-    pipe, soft_files = _pipeline_with_soft(args)
+    pipe, family, soft_files = _pipeline_with_soft(args)
     prompts = [args.prompt, *args.compare]
-    _warn_overflow(pipe, prompts)
+    _warn_overflow(pipe, family, prompts)
     grid, record = run_grid(
         pipe,
         prompts,
         args.seeds,
         steps=args.steps,
-        guidance=default_guidance(pipe) if args.guidance is None else args.guidance,
+        guidance=default_guidance(pipe, family) if args.guidance is None else args.guidance,
         height=args.height,
         width=args.width,
         model_name=args.model,
         out=out,
         negative_prompt=args.negative_prompt,
         soft_files=soft_files,
+        family=family,
     )
     print(f"wrote {grid}\nwrote {record}")
     return 0
@@ -351,11 +354,9 @@ def _inspect(args) -> int:
     from .format import SoftPrompt
     from .inspection import format_inspection, inspect_file
 
-    pipe = None
-    if args.model:
-        SoftPrompt.load(args.file)  # a bad file fails before the model loads
-        pipe = _load(args)
-    report = inspect_file(args.file, pipe, top_k=args.top_k)
+    soft = SoftPrompt.load(args.file)  # read once; a bad file fails before the model loads
+    pipe = _load(args) if args.model else None
+    report = inspect_file(soft, pipe, top_k=args.top_k)
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_inspection(report))
     return 0
 
@@ -407,25 +408,27 @@ def _load(args):
 
 
 def _pipeline_with_soft(args):
-    """Check every --soft file, load the model, then load the soft prompts into it."""
+    """Read every --soft file (once), load the model, then load the soft prompts into it.
+    Returns the pipeline, its family (detected once, for the rest of the command) and the files."""
+    from .families import detect_family
     from .format import SoftPrompt
     from .loader import load_soft_prompt
 
     specs = [_parse_soft(spec) for spec in args.soft]
-    for path, _ in specs:
-        SoftPrompt.load(path)  # missing or unreadable files fail before the (slow) model load
+    softs = [SoftPrompt.load(path) for path, _ in specs]  # a bad file fails before the (slow) model load
     pipe = _load(args)
-    for path, tokens in specs:
-        load_soft_prompt(pipe, path, tokens)
-    return pipe, [path for path, _ in specs]
+    family = detect_family(pipe)
+    for soft, (_, tokens) in zip(softs, specs):
+        load_soft_prompt(pipe, soft, tokens, family=family)
+    return pipe, family, [path for path, _ in specs]
 
 
-def _warn_overflow(pipe, prompts: list[str]) -> None:
+def _warn_overflow(pipe, family, prompts: list[str]) -> None:
     """Say when a prompt is cut to fit an encoder's window: soft tokens make that easy to miss."""
     from .loader import prompt_overflow
 
     for prompt in prompts:
-        for warning in prompt_overflow(pipe, prompt):
+        for warning in prompt_overflow(pipe, prompt, family):
             shown = prompt if len(prompt) <= 40 else prompt[:37] + "..."
             print(f"{PROG}: warning: {shown!r}: {warning}", file=sys.stderr)
 

@@ -23,6 +23,7 @@ class Encoder:
     key: str  # tensor key in the soft prompt file (ComfyUI / A1111 convention)
     tokenizer: str  # pipeline attribute names
     text_encoder: str
+    width: int  # its input width on the real checkpoints (a file's bare tensor is matched to a key by it)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,13 @@ class Family:
     native_size: Callable[[Any], int]  # (pipe) -> the model's default image size in pixels
     guidance: float  # the pipeline's usual guidance scale (Flux dev: distilled guidance)
     call_kwargs: Callable[[Any, str | None], dict]  # (pipe, negative prompt) -> extra pipeline-call arguments
+    pipelines: tuple[str, ...]  # diffusers pipeline classes of this family
+    # Tokenizers whose tokens make up the conditioning's sequence ("states"), in order; each but the last
+    # fills its model_max_length positions. Sets where a soft prompt's states line up with a hard prompt's.
+    state_tokenizers: tuple[str, ...]
+    matches: Callable[[Any], bool] = lambda pipe: True  # tells apart families that share pipeline classes
+    prefers_bf16: bool = False  # half precision on a GPU: bf16 where it has it (fp16 overflows, black images)
+    formats: tuple[str, ...] | None = None  # file formats whose tools read its soft prompts; None: every one
 
     def encoder(self, key: str) -> Encoder:
         return next(e for e in self.encoders if e.key == key)
@@ -144,7 +152,8 @@ def _flux_latent(pipe, height: int, width: int):
     return (pipe.transformer.config.in_channels // 4, 2 * (height // f), 2 * (width // f))
 
 
-CLIP_L = Encoder("clip_l", "tokenizer", "text_encoder")
+CLIP_L = Encoder("clip_l", "tokenizer", "text_encoder", 768)
+CLIP_G = Encoder("clip_g", "tokenizer_2", "text_encoder_2", 1280)
 _UNET = dict(
     latent_shape=_unet_latent,
     objective="scheduler",
@@ -153,31 +162,54 @@ _UNET = dict(
     native_size=_unet_size,
     call_kwargs=_sd_call,
 )
+_SD_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
+
+
+def _openclip_h(pipe) -> bool:
+    # SD 1.x and 2.x share pipeline classes: OpenCLIP-H (SD 2.x) uses gelu, OpenAI CLIP-L (SD 1.x) quick_gelu.
+    return pipe.text_encoder.config.hidden_act == "gelu"
+
 
 FAMILIES: dict[str, Family] = {
-    "sd1": Family("sd1", "Stable Diffusion 1.x", (CLIP_L,), _encode_sd, _predict_sd, guidance=7.5, **_UNET),
-    "sd2": Family(
-        "sd2",
-        "Stable Diffusion 2.x",
-        (Encoder("clip_h", "tokenizer", "text_encoder"),),
+    "sd1": Family(
+        "sd1",
+        "Stable Diffusion 1.x",
+        (CLIP_L,),
         _encode_sd,
         _predict_sd,
         guidance=7.5,
+        pipelines=_SD_PIPELINES,
+        state_tokenizers=("tokenizer",),
+        matches=lambda pipe: not _openclip_h(pipe),
+        **_UNET,
+    ),
+    "sd2": Family(
+        "sd2",
+        "Stable Diffusion 2.x",
+        (Encoder("clip_h", "tokenizer", "text_encoder", 1024),),
+        _encode_sd,
+        _predict_sd,
+        guidance=7.5,
+        pipelines=_SD_PIPELINES,
+        state_tokenizers=("tokenizer",),
+        matches=_openclip_h,
         **_UNET,
     ),
     "sdxl": Family(
         "sdxl",
         "Stable Diffusion XL",
-        (CLIP_L, Encoder("clip_g", "tokenizer_2", "text_encoder_2")),
+        (CLIP_L, CLIP_G),
         _encode_sdxl,
         _predict_sdxl,
         guidance=5.0,
+        pipelines=("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
+        state_tokenizers=("tokenizer_2",),  # both CLIPs tokenize alike; their states are joined along the width
         **_UNET,
     ),
     "flux": Family(
         "flux",
         "Flux",
-        (CLIP_L, Encoder("t5xxl", "tokenizer_2", "text_encoder_2")),
+        (CLIP_L, Encoder("t5xxl", "tokenizer_2", "text_encoder_2", 4096)),
         _encode_flux,
         _predict_flux,
         latent_shape=_flux_latent,
@@ -187,34 +219,27 @@ FAMILIES: dict[str, Family] = {
         native_size=_flux_size,
         guidance=FLUX_GUIDANCE,
         call_kwargs=_flux_call,
+        pipelines=("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
+        state_tokenizers=("tokenizer_2",),  # the states are T5's; CLIP-L gives the pooled vector
+        prefers_bf16=True,
+        formats=("native", "diffusers", "onetrainer"),  # A1111 and kohya have no Flux embeddings
     ),
 }
 
-# Pipeline class name -> family. SD 1.x and 2.x share a class; the text encoder tells them apart.
-_PIPELINES = {
-    "StableDiffusionPipeline": "sd",
-    "StableDiffusionImg2ImgPipeline": "sd",
-    "StableDiffusionInpaintPipeline": "sd",
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusionXLImg2ImgPipeline": "sdxl",
-    "StableDiffusionXLInpaintPipeline": "sdxl",
-    "FluxPipeline": "flux",
-    "FluxImg2ImgPipeline": "flux",
-    "FluxInpaintPipeline": "flux",
-}
+
+def families_of_class(class_name: str | None) -> list[Family]:
+    """The families whose pipelines have this class name (SD 1.x and 2.x share theirs)."""
+    return [f for f in FAMILIES.values() if class_name in f.pipelines]
 
 
 def detect_family(pipe) -> Family:
-    """The family of a diffusers pipeline, from its class (and, for SD, its text encoder)."""
+    """The family of a diffusers pipeline, from its class (and, where families share one, its encoders)."""
     name = type(pipe).__name__
-    kind = _PIPELINES.get(name)
-    if kind is None:
+    found = [f for f in families_of_class(name) if f.matches(pipe)]
+    if not found:
         supported = ", ".join(f"{f.title} ({f.name})" for f in FAMILIES.values())
         raise UnsupportedPipelineError(f"{name} is not supported; supported families: {supported}")
-    if kind == "sd":
-        # OpenCLIP-H (SD 2.x) uses gelu; OpenAI CLIP-L (SD 1.x) uses quick_gelu.
-        kind = "sd2" if pipe.text_encoder.config.hidden_act == "gelu" else "sd1"
-    return FAMILIES[kind]
+    return found[0]
 
 
 def prediction_type(pipe, family: Family) -> str:

@@ -51,6 +51,10 @@ class SoftPrompt:
     metadata: dict[str, str] = field(default_factory=dict)
     source_format: str = "native"
     notes: list[str] = field(default_factory=list)
+    origin: str | None = field(default=None, compare=False)  # the file(s) it was read from, for messages
+    # What the last validate() passed: tensors (by identity and in-place version) and tokens. A file is
+    # checked when read; handing the object on (CLI -> loader) then costs no second pass over the vectors.
+    _checked: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.vectors = {key: _as_rows(value) for key, value in self.vectors.items()}
@@ -75,11 +79,20 @@ class SoftPrompt:
 
     def validate(self, source: str = "<memory>") -> None:
         """Raise InvalidVectorsError unless every tensor is a usable set of N finite vectors."""
+        signature = self._signature()
+        if self._checked is not None and _same(signature, self._checked):
+            return
         _check_keys(self.vectors, source)
         for key, tensor in self.vectors.items():
             _check_tensor(key, tensor, source)
         _check_counts(self.vectors, source)
         _check_tokens(self.tokens, self.num_vectors, source)
+        self._checked = signature
+
+    def _signature(self) -> tuple:
+        # The tensors themselves (held, so that no new tensor can take a checked one's id) and their versions.
+        tensors = tuple((key, t, getattr(t, "_version", None)) for key, t in self.vectors.items())
+        return tensors, tuple(self.tokens or ())
 
     @classmethod
     def load(cls, path: PathLike | Sequence[PathLike], token: str | None = None) -> SoftPrompt:
@@ -102,6 +115,15 @@ class SoftPrompt:
             raise SoftPromptError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
         self.validate(source=str(path))
         return writer(self, Path(path))
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    (tensors_a, tokens_a), (tensors_b, tokens_b) = a, b
+    return (
+        tokens_a == tokens_b
+        and len(tensors_a) == len(tensors_b)
+        and all(ka == kb and ta is tb and va == vb for (ka, ta, va), (kb, tb, vb) in zip(tensors_a, tensors_b))
+    )
 
 
 def convert(src: PathLike | Sequence[PathLike], to: str, out: PathLike) -> list[Path]:
@@ -233,6 +255,7 @@ def _build(decoded: Decoded, token: str | None, source: str) -> SoftPrompt:
         notes=list(decoded.notes),
     )
     prompt.tokens = _stored_tokens(metadata, prompt.num_vectors, prompt.notes) or prompt.tokens
+    prompt.origin = source
     prompt.validate(source=source)
     return prompt
 

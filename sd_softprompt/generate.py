@@ -23,9 +23,9 @@ from .grid import make_grid
 from .loader import loaded_tokens
 
 
-def default_guidance(pipe) -> float:
+def default_guidance(pipe, family: Family | None = None) -> float:
     """The pipeline's usual guidance scale (Flux dev: distilled guidance, not classifier-free)."""
-    return detect_family(pipe).guidance
+    return (family or detect_family(pipe)).guidance
 
 
 def generate(
@@ -37,9 +37,11 @@ def generate(
     height: int | None,
     width: int | None,
     negative_prompt: str | None = None,
+    family: Family | None = None,
 ) -> Image.Image:
-    """One image from the pipeline's own __call__; ``height``/``width`` None means the model's default."""
-    return generate_batch(pipe, prompt, [seed], steps, guidance, height, width, negative_prompt)[0]
+    """One image from the pipeline's own __call__; ``height``/``width`` None means the model's default.
+    ``family``: the pipeline's, when the caller has it already (else detected)."""
+    return generate_batch(pipe, prompt, [seed], steps, guidance, height, width, negative_prompt, family)[0]
 
 
 def generate_batch(
@@ -51,11 +53,12 @@ def generate_batch(
     height: int | None,
     width: int | None,
     negative_prompt: str | None = None,
+    family: Family | None = None,
 ) -> list[Image.Image]:
     """One image per seed in a single pipeline call. Each image has its own generator, so image k starts
     from the noise `generate` would draw with seeds[k] (on this CPU the pixels match exactly; a GPU may
     differ in rounding), and one batched call costs far less than len(seeds) calls on a GPU."""
-    family = detect_family(pipe)
+    family = family or detect_family(pipe)
     _check_settings(pipe, family, steps, height, width)
     kwargs = dict(
         prompt=prompt,
@@ -97,12 +100,13 @@ def run_grid(
     negative_prompt: str | None = None,
     soft_files: Sequence[str] = (),
     progress: bool = True,
+    family: Family | None = None,
 ) -> tuple[Path, Path]:
     """Draw every prompt (rows) with every seed (columns); write the labelled grid and ``<stem>.json``."""
     if not prompts or not seeds:
         raise ConfigError("a grid needs at least one prompt and one seed")
     target = image_path(grid_target(Path(out)))
-    family = detect_family(pipe)
+    family = family or detect_family(pipe)
 
     started = time.perf_counter()
     rows: list[list[Image.Image]] = []
@@ -110,7 +114,7 @@ def run_grid(
     with tqdm(total=len(prompts) * len(seeds), desc="grid", unit="image", disable=not progress) as bar:
         for prompt in prompts:  # one batched call per row: every seed of the row at once
             tick = time.perf_counter()
-            rows.append(generate_batch(pipe, prompt, seeds, steps, guidance, height, width, negative_prompt))
+            rows.append(generate_batch(pipe, prompt, seeds, steps, guidance, height, width, negative_prompt, family))
             seconds.append(round(time.perf_counter() - tick, 3))
             bar.update(len(seeds))
 

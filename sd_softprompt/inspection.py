@@ -12,18 +12,22 @@ from typing import Any
 
 import torch
 
-from .families import Encoder, detect_family
+from .families import Encoder, Family, detect_family
 from .format import UNASSIGNED, SoftPrompt
 from .loader import assign_encoders, loaded_tokens
 
 _CHUNK = 8192  # vocabulary rows per matmul, so a 32k x 4096 T5 table is never copied whole to fp32
 
 
-def inspect_file(path: str | os.PathLike, pipe=None, top_k: int = 5) -> dict[str, Any]:
-    """Describe a soft prompt file; with ``pipe``, add vocabulary norm stats and nearest tokens."""
-    soft = SoftPrompt.load(path)
+def inspect_file(
+    source: str | os.PathLike | SoftPrompt, pipe=None, top_k: int = 5, family: Family | None = None
+) -> dict[str, Any]:
+    """Describe a soft prompt (a file, or one already read); with ``pipe``, add vocabulary norm stats and
+    nearest tokens. ``family``: the pipeline's, when the caller has it already (else detected)."""
+    soft = source if isinstance(source, SoftPrompt) else SoftPrompt.load(source)
+    path = soft.origin or soft.name if isinstance(source, SoftPrompt) else str(source)
     report: dict[str, Any] = {
-        "file": str(path),
+        "file": path,
         "format": soft.source_format,
         "family": soft.family,
         "name": soft.name,
@@ -36,9 +40,9 @@ def inspect_file(path: str | os.PathLike, pipe=None, top_k: int = 5) -> dict[str
     if pipe is None:
         report["encoders"] = [_vector_entry(key, vectors) for key, vectors in soft.vectors.items()]
         return report
-    family = detect_family(pipe)
+    family = family or detect_family(pipe)
     report["model"] = {"pipeline": type(pipe).__name__, "family": family.name}
-    for encoder, vectors in assign_encoders(pipe, family, soft, str(path)):
+    for encoder, vectors in assign_encoders(pipe, family, soft, path):
         entry = _vector_entry(encoder.key, vectors)
         entry["text_encoder"] = encoder.text_encoder
         entry.update(_against_vocabulary(pipe, encoder, vectors, top_k))

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import os
 
-ENCODER_KEYS = ("clip_l", "clip_h", "clip_g", "t5xxl")
-REAL_WIDTHS = {"clip_l": 768, "clip_h": 1024, "clip_g": 1280, "t5xxl": 4096}
+from .families import FAMILIES
+
+# Built from the family table: a new family's encoders and key set are known here without an edit.
+ENCODER_KEYS = tuple(dict.fromkeys(e.key for f in FAMILIES.values() for e in f.encoders))
+REAL_WIDTHS = {e.key: e.width for f in FAMILIES.values() for e in f.encoders}
 UNASSIGNED = "*"
 FORMATS = ("native", "diffusers", "a1111", "kohya", "onetrainer")
 FORMAT_VERSION = "sd-softprompt/1"
@@ -20,25 +23,16 @@ KEY_ALIASES = {"t5": "t5xxl"}
 OUT_SUFFIX = "_out"  # OneTrainer's output-embedding vectors: not input embeddings, so not ours
 WIDTH_TO_KEY = {width: key for key, width in REAL_WIDTHS.items()}
 
-FAMILY_BY_KEYS = {
-    frozenset({"clip_l"}): "sd1",
-    frozenset({"clip_h"}): "sd2",
-    frozenset({"clip_l", "clip_g"}): "sdxl",
-    frozenset({"clip_l", "t5xxl"}): "flux",
-    frozenset({"t5xxl"}): "flux",
-}
+# A file's encoder keys name its family only when they are exactly one family's: a t5xxl-only file could be
+# Flux's or SD3's, and its family then comes from the pipeline it is loaded into (or its metadata).
+FAMILY_BY_KEYS = {frozenset(f.keys): f.name for f in FAMILIES.values()}
 
 UNDERSTOOD_LAYOUTS = (
-    "native/ComfyUI clip_l|clip_h|clip_g|t5xxl, diffusers {token: tensor}, "
+    f"native/ComfyUI {'|'.join(ENCODER_KEYS)}, "
+    "diffusers {token: tensor}, "
     "A1111 string_to_param, kohya emb_params, OneTrainer emp_params"
 )
 DIFFUSERS_FILE = "learned_embeds"
-
-# A1111 "embedding images": the .pt dict as base64 JSON in this PNG text chunk, tensors written by
-# its EmbeddingEncoder as {"TORCHTENSOR": nested lists} (modules/textual_inversion/image_embedding.py).
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PNG_CHUNK = "sd-ti-embedding"
-_PNG_TENSOR = "TORCHTENSOR"
 
 PathLike = str | os.PathLike
 

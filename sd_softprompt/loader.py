@@ -165,18 +165,20 @@ def load_soft_prompt(
     *,
     replace: bool = False,
     alias: str | None = None,
+    family: Family | None = None,
 ) -> list[str]:
     """Register a soft prompt's tokens in every text encoder it has vectors for; return the tokens.
 
     `source` is a file (any format `SoftPrompt.load` reads) or a `SoftPrompt`. `tokens` overrides the
     placeholder names (default: those stored in the file, `[v1]..[vN]`). Tokens already present are refused
     unless `replace=True` and they were loaded by this package. `alias` (e.g. "<sunrise>") is a name that
-    the pipeline's prompt encoding expands to all N tokens.
+    the pipeline's prompt encoding expands to all N tokens. `family`: the pipeline's, when the caller has it
+    already (else detected).
     """
-    name = str(source) if not isinstance(source, SoftPrompt) else source.name
+    name = str(source) if not isinstance(source, SoftPrompt) else source.origin or source.name
     soft = source if isinstance(source, SoftPrompt) else SoftPrompt.load(source)
-    soft.validate(name)  # files are checked when read; an in-memory SoftPrompt gets the same checks
-    family = detect_family(pipe)
+    soft.validate(name)  # an in-memory SoftPrompt gets a file's checks (a no-op for one already checked)
+    family = family or detect_family(pipe)
     pairs = assign_encoders(pipe, family, soft, name)
     tokens = list(tokens) if tokens is not None else list(soft.tokens)
     if len(tokens) != soft.num_vectors or len(set(tokens)) != len(tokens):
@@ -190,7 +192,7 @@ def load_soft_prompt(
             hint = "pass replace=True (--replace) to swap them" if set(taken) <= ours else "choose other token names"
             raise TokenCollisionError(f"{name}: tokens {taken} are already in {encoder.tokenizer}; {hint}")
     if replace and ours.intersection(tokens):
-        unload_soft_prompt(pipe, [t for t in tokens if t in ours])
+        unload_soft_prompt(pipe, [t for t in tokens if t in ours], family=family)
 
     for encoder, vectors in pairs:
         _add(pipe, encoder, tokens, vectors)
@@ -225,11 +227,11 @@ def _expand(prompt: str, aliases: dict[str, list[str]]) -> str:
     return prompt
 
 
-def unload_soft_prompt(pipe, tokens: list[str] | str | None = None) -> None:
+def unload_soft_prompt(pipe, tokens: list[str] | str | None = None, *, family: Family | None = None) -> None:
     """Remove soft tokens (default: all) from every tokenizer and encoder; with none left, restore exactly."""
     if isinstance(tokens, str):
         tokens = [tokens]
-    family = detect_family(pipe)
+    family = family or detect_family(pipe)
     states = _states(pipe)
     if tokens is not None:
         unknown = [t for t in tokens if t not in loaded_tokens(pipe)]
@@ -268,7 +270,7 @@ def token_ids(pipe, encoder: Encoder, tokens: list[str]) -> list[int]:
     return getattr(pipe, encoder.tokenizer).convert_tokens_to_ids(tokens)
 
 
-def prompt_overflow(pipe, prompt: str) -> list[str]:
+def prompt_overflow(pipe, prompt: str, family: Family | None = None) -> list[str]:
     """Warnings for each encoder whose window the prompt overflows once the soft tokens are counted.
 
     The pipelines cut such prompts silently (or in a log line); a soft prompt makes it easier to miss,
@@ -276,7 +278,7 @@ def prompt_overflow(pipe, prompt: str) -> list[str]:
     """
     soft = set(loaded_tokens(pipe))
     out = []
-    for encoder in detect_family(pipe).encoders:
+    for encoder in (family or detect_family(pipe)).encoders:
         tokenizer = getattr(pipe, encoder.tokenizer)
         ids = tokenizer(prompt, add_special_tokens=False).input_ids
         specials = len(tokenizer("").input_ids)  # start/end-of-text the tokenizer adds

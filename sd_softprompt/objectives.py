@@ -45,27 +45,51 @@ CONTEXTS = [
 # ---------------------------------------------------------------- text target
 @dataclass
 class Alignment:
-    """Where a soft prompt's and its hard prompt's token states correspond, for one context.
+    """Where a soft prompt's and its hard prompt's token states correspond, in one tokenizer's segment of the
+    conditioning sequence (SD3 joins a CLIP segment and a T5 segment; the other families have one).
 
     CLIP is causal with absolute positions: after the prompt's own tokens, the same context word sits
     `shift = M - N` positions later in the hard prompt (M hard tokens, N soft tokens). States before the
     prompt (start-of-text) are the same for every prompt and carry no signal.
     """
 
-    start: int  # first prompt position (1 after CLIP's start-of-text, 0 for T5)
+    start: int  # first prompt position in the segment (1 after CLIP's start-of-text, 0 for T5)
     n_soft: int
     n_hard: int
+    offset: int = 0  # where the segment begins in the states sequence
+    length: int | None = None  # the segment's positions (None: to the sequence's end)
 
 
-def alignment(tokenizer, hard: str, n_soft: int) -> Alignment:
+def alignment(tokenizer, hard: str, n_soft: int, offset: int = 0, length: int | None = None) -> Alignment:
     ids = tokenizer(hard).input_ids
     bare = tokenizer(hard, add_special_tokens=False).input_ids
     start = 1 if tokenizer.bos_token_id is not None and ids and ids[0] == tokenizer.bos_token_id else 0
-    return Alignment(start, n_soft, len(bare))
+    return Alignment(start, n_soft, len(bare), offset, length)
 
 
-def sequence_loss(soft: torch.Tensor, hard: torch.Tensor, a: Alignment) -> torch.Tensor:
-    """MSE between aligned states: prompt region resampled to N positions, the rest shifted by M - N.
+def alignments(pipe, family: Family, hard: str, n_soft: int) -> list[Alignment]:
+    """One Alignment per segment of the family's states: each tokenizer but the last fills its window."""
+    out, offset = [], 0
+    for i, name in enumerate(family.state_tokenizers):
+        tokenizer = getattr(pipe, name)
+        length = tokenizer.model_max_length if i < len(family.state_tokenizers) - 1 else None
+        out.append(alignment(tokenizer, hard, n_soft, offset, length))
+        offset += length or 0
+    return out
+
+
+def sequence_loss(soft: torch.Tensor, hard: torch.Tensor, a: Alignment | list[Alignment]) -> torch.Tensor:
+    """MSE between aligned states, segment by segment, weighted by the positions each compares."""
+    total, positions = 0.0, 0
+    for seg in a if isinstance(a, list) else [a]:
+        end = None if seg.length is None else seg.offset + seg.length
+        loss, n = _segment_loss(soft[:, seg.offset : end], hard[:, seg.offset : end], seg)
+        total, positions = total + n * loss, positions + n
+    return total / positions
+
+
+def _segment_loss(soft: torch.Tensor, hard: torch.Tensor, a: Alignment) -> tuple[torch.Tensor, int]:
+    """MSE in one segment: prompt region resampled to N positions, the rest shifted by M - N.
 
     The states that follow the prompt (context words, end-of-text, padding) are what the soft tokens
     influence through causal attention and what the denoiser cross-attends to; matching them at their
@@ -85,15 +109,15 @@ def sequence_loss(soft: torch.Tensor, hard: torch.Tensor, a: Alignment) -> torch
         tail = torch.cat([tail, tail[:, -1:].expand(-1, shift, -1)], dim=1)
     tail = tail[:, : length - (s + n)]
     loss_tail = F.mse_loss(soft[:, s + n :].float(), tail.float())
-    return (n * loss_region + tail.shape[1] * loss_tail) / (n + tail.shape[1])
+    return (n * loss_region + tail.shape[1] * loss_tail) / (n + tail.shape[1]), n + tail.shape[1]
 
 
-def full_loss(soft: torch.Tensor, hard: torch.Tensor, a: Alignment) -> torch.Tensor:
+def full_loss(soft: torch.Tensor, hard: torch.Tensor, a: Alignment | list[Alignment]) -> torch.Tensor:
     """Position-by-position MSE over the whole sequence (the naive design, kept for comparison)."""
     return F.mse_loss(soft.float(), hard.float())
 
 
-StatesLoss = Callable[[torch.Tensor, torch.Tensor, Alignment], torch.Tensor]
+StatesLoss = Callable[[torch.Tensor, torch.Tensor, list[Alignment]], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -120,7 +144,7 @@ def get_loss(name: str) -> Loss:
         raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, not {name!r}") from None
 
 
-def cond_loss(kind: str, soft: Cond, hard: Cond, a: Alignment, scale: dict[str, float]) -> torch.Tensor:
+def cond_loss(kind: str, soft: Cond, hard: Cond, a: list[Alignment], scale: dict[str, float]) -> torch.Tensor:
     """Loss between two conditionings, each part divided by the target's variance so parts weigh alike."""
     compare = get_loss(kind).states
     if compare is None:
@@ -176,9 +200,8 @@ class TextObjective:
             ]
             self.targets = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         self.scale = cond_scale(self.targets)
-        # The denoiser's states come from the last encoder's tokenizer (SD: the only one; SDXL: both
-        # tokenize alike; Flux: T5), so its token counts set the alignment.
-        self.alignment = alignment(getattr(pipe, family.encoders[-1].tokenizer), cfg.target, cfg.vectors)
+        # Which tokenizers' token counts set the alignment is the family's to say (Flux: T5; SD3: CLIP, then T5).
+        self.alignment = alignments(pipe, family, cfg.target, cfg.vectors)
         if self.kind.needs_denoiser:
             self._pool_targets(cfg.probe_size or min(default_size(pipe, family), 256))
 

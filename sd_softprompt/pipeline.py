@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
-from .families import detect_family
+from .families import FAMILIES, detect_family, families_of_class
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
@@ -41,11 +41,11 @@ def resolve_device(device: str | None = None) -> str:
 
 def resolve_dtype(dtype: str | None, device: str, pipeline_class: str | None = None) -> torch.dtype:
     """fp32 | fp16 | bf16; default fp32 on the CPU (half precision is slow or missing there), else fp16,
-    except bf16 for Flux where the GPU has it (Flux overflows fp16 and draws black images)."""
+    except bf16 where the family prefers it and the GPU has it (Flux overflows fp16 and draws black images)."""
     if dtype is None:
         if torch.device(device).type == "cpu":
             return torch.float32
-        if (pipeline_class or "").startswith("Flux") and _has_bf16(device):
+        if any(f.prefers_bf16 for f in families_of_class(pipeline_class)) and _has_bf16(device):
             return torch.bfloat16
         return torch.float16
     name = _DTYPE_ALIASES.get(dtype.lower(), dtype.lower())
@@ -90,9 +90,10 @@ def _local_folder(model: str) -> Path | None:
 
 def _pipeline_class(model: str, local: Path | None) -> str | None:
     """The pipeline class, as a dtype hint only: a local folder's model_index.json says it; for a hub
-    id, the id's name is taken at its word (FLUX.1-dev...) rather than asking the network twice."""
+    id, a family's name in the id is taken at its word (FLUX.1-dev...) rather than asking the network twice."""
     if local is None:
-        return "FluxPipeline" if "flux" in model.lower() else None
+        named = [f for f in FAMILIES.values() if f.name in model.lower()]
+        return named[0].pipelines[0] if named else None
     try:
         return json.loads((local / "model_index.json").read_text("utf-8")).get("_class_name")
     except (OSError, ValueError, AttributeError):

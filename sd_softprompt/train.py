@@ -148,7 +148,7 @@ def _setup(cfg: TrainConfig, pipe) -> _Run:
     if cfg.init == "hard" and not cfg.target:
         log("--init hard without --target: starting from random vectors at the vocabulary's norm")
     init = initial_vectors(pipe, family, cfg, torch.Generator().manual_seed(cfg.seed))
-    tokens = load_soft_prompt(pipe, SoftPrompt(vectors=init, tokens=cfg.tokens))
+    tokens = load_soft_prompt(pipe, SoftPrompt(vectors=init, tokens=cfg.tokens), family=family)
     vectors = {k: torch.nn.Parameter(init[k].to(accelerator.device, torch.float32)) for k in keys}
     return _Run(accelerator, pipe, family, tokens, init, vectors, log)
 
@@ -164,7 +164,7 @@ def train(cfg: TrainConfig, pipe=None) -> TrainResult:
     try:
         return _finish(cfg, run, _loop(cfg, run))
     finally:
-        unload_soft_prompt(run.pipe, run.tokens)  # also after an error
+        unload_soft_prompt(run.pipe, run.tokens, family=run.family)  # also after an error
 
 
 @dataclass
@@ -247,7 +247,7 @@ def _loop(cfg: TrainConfig, run: _Run) -> LoopResult:
             if acc.is_main_process and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
                 save_checkpoint(ckpt, cfg, done, vectors, optimizer, losses)
             if acc.is_main_process and cfg.validate_every and done % cfg.validate_every == 0:
-                _validate(run.pipe, cfg, soft_text, done)
+                _validate(run.pipe, run.family, cfg, soft_text, done)
         bar.close()
         loop_s = time.perf_counter() - t0
         fixed["after"] = _fixed_batch_loss(objective, acc)
@@ -260,7 +260,7 @@ def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:
     # Encoders left out of --encoders keep their initial vectors: the file then behaves as in training.
     final = dict(run.init) | {k: v.detach().float().cpu() for k, v in run.vectors.items()}
     soft = SoftPrompt(vectors=final, tokens=run.tokens)
-    load_soft_prompt(pipe, soft, replace=True)
+    load_soft_prompt(pipe, soft, replace=True, family=family)
     metrics = {
         "mode": cfg.mode,
         "family": family.name,
@@ -311,7 +311,7 @@ def _fixed_batch_loss(objective, accelerator) -> float:
         return objective.loss(torch.Generator().manual_seed(777)).item()
 
 
-def _validate(pipe, cfg: TrainConfig, soft_text: str, step: int) -> None:
+def _validate(pipe, family: Family, cfg: TrainConfig, soft_text: str, step: int) -> None:
     """A small grid of the validation prompts at fixed seeds, next to the checkpoints."""
     from .generate import run_grid
 
@@ -324,7 +324,7 @@ def _validate(pipe, cfg: TrainConfig, soft_text: str, step: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     size = min(cfg.resolution, 512)
     device = pipe.text_encoder.device  # parked parts come back for the grid
-    with moved_to(pipe, ["vae", detect_family(pipe).denoiser], device):
+    with moved_to(pipe, ["vae", family.denoiser], device):
         run_grid(
             pipe,
             prompts,
@@ -336,4 +336,5 @@ def _validate(pipe, cfg: TrainConfig, soft_text: str, step: int) -> None:
             model_name=cfg.model,
             out=folder / f"step_{step:06d}.png",
             progress=False,
+            family=family,
         )

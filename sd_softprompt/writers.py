@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_write
 from .errors import SoftPromptError
-from .keys import DIFFUSERS_FILE, ENCODER_KEYS, FORMAT_VERSION, UNASSIGNED
+from .families import FAMILIES, Family
+from .keys import DIFFUSERS_FILE, ENCODER_KEYS, FORMAT_VERSION, FORMATS, UNASSIGNED
 
 if TYPE_CHECKING:
     from .format import SoftPrompt
@@ -23,37 +24,43 @@ if TYPE_CHECKING:
 
 _Writer = Callable[["SoftPrompt", Path], list[Path]]
 
-_FAMILY_LAYOUT = {"sd1": "single", "sd2": "single", "sdxl": "sdxl", "flux": "flux"}
-_LAYOUT_FITS: dict[str, Callable[[frozenset], bool]] = {
-    "single": lambda keys: len(keys) == 1,
-    "sdxl": lambda keys: keys == {"clip_l", "clip_g"},
-    "flux": lambda keys: "t5xxl" in keys and keys <= {"clip_l", "t5xxl"},
-}
-_LAYOUT_SHAPES = {
-    "single": "one encoder's vectors",
-    "sdxl": "clip_l + clip_g",
-    "flux": "clip_l + t5xxl",
-}
 
-
-def _layout(prompt: SoftPrompt) -> str:
-    """'single', 'sdxl' or 'flux': which file layout this soft prompt needs."""
-    keys = frozenset(prompt.vectors)
-    family = prompt.family
-    if family is None and len(keys) == 1:
-        return "single"  # e.g. UNASSIGNED: single-tensor layouts do not name the encoder
-    layout = _FAMILY_LAYOUT.get(family or "")
-    if layout is None:
+def _families(prompt: SoftPrompt) -> list[Family]:
+    """The families this soft prompt can be for: its own (metadata, or keys that are exactly one family's),
+    else every family that has all its encoders (a t5xxl-only file: Flux and SD3)."""
+    keys = set(prompt.vectors)
+    if not prompt.family:
+        return [f for f in FAMILIES.values() if keys <= set(f.keys)]
+    family = FAMILIES.get(prompt.family)
+    if family is None:
         raise SoftPromptError(
-            f"no file layout for encoders {sorted(keys)} (family {family or 'unknown'}); "
-            f"set metadata['family'] to one of {', '.join(_FAMILY_LAYOUT)}, or save as native"
+            f"unknown family {prompt.family!r} in the metadata; set metadata['family'] to one of {', '.join(FAMILIES)}"
         )
-    if not _LAYOUT_FITS[layout](keys):
+    if not keys <= set(family.keys):
         raise SoftPromptError(
-            f"a {family} soft prompt holds {_LAYOUT_SHAPES[layout]}, this one holds "
+            f"a {family.name} soft prompt holds {' + '.join(family.keys)}, this one holds "
             f"{' + '.join(sorted(keys))}; fix metadata['family'] or the encoder keys"
         )
-    return layout
+    return [family]
+
+
+def _layout(prompt: SoftPrompt, format_name: str) -> str:
+    """'single' (one encoder's tensor, the encoder unnamed) or 'multi' (tensors keyed by encoder); refuses a
+    format whose tools do not read this soft prompt's family, naming those that do."""
+    if UNASSIGNED in prompt.vectors:
+        return "single"  # single-tensor layouts do not name the encoder
+    families = _families(prompt)
+    keys = " + ".join(sorted(prompt.vectors))
+    if not families:
+        raise SoftPromptError(f"no model family has encoders {keys}; fix the encoder keys, or save as native")
+    able = [name for name in FORMATS if all(name in (f.formats or FORMATS) for f in families)]
+    if format_name not in able:
+        which = "/".join(f.name for f in families)
+        hint = f" (or set metadata['family'] to one of {which})" if len(families) > 1 else ""
+        raise SoftPromptError(
+            f"{format_name} cannot hold a {which} soft prompt ({keys}); formats that can: {', '.join(able)}{hint}"
+        )
+    return "multi" if any(len(f.encoders) > 1 for f in families) else "single"
 
 
 def _header(prompt: SoftPrompt, format_tag: str) -> dict[str, str]:
@@ -184,36 +191,32 @@ def _in_diffusers_file(path: Path, prompt: SoftPrompt) -> Path:
 _SAME_KEYS: dict[str, str] = {}
 _T5_AS_T5 = {"t5xxl": "t5"}  # diffusers' Flux script and OneTrainer call the T5 vectors "t5"
 
+
+def _write_diffusers_multi(prompt: SoftPrompt, path: Path) -> list[Path]:
+    # diffusers' SDXL script writes one file per CLIP encoder; its Flux script one keyed file, T5 as "t5".
+    if set(prompt.vectors) == {"clip_l", "clip_g"}:
+        return _write_diffusers_pair(prompt, path)
+    return _keyed_writer(_T5_AS_T5, _in_diffusers_file)(prompt, path)
+
+
+# Which families a format may hold is the family table's `formats`; here only how each format lays them out.
 _LAYOUT_WRITERS: dict[str, dict[str, _Writer]] = {
-    "diffusers": {
-        "single": _write_diffusers_single,
-        "sdxl": _write_diffusers_pair,
-        "flux": _keyed_writer(_T5_AS_T5, _in_diffusers_file),
-    },
-    "a1111": {"single": _write_a1111_pt, "sdxl": _keyed_writer(_SAME_KEYS, _in_file)},
-    "kohya": {"single": _single_key_writer("emb_params"), "sdxl": _keyed_writer(_SAME_KEYS, _in_file)},
+    "diffusers": {"single": _write_diffusers_single, "multi": _write_diffusers_multi},
+    "a1111": {"single": _write_a1111_pt, "multi": _keyed_writer(_SAME_KEYS, _in_file)},
+    "kohya": {"single": _single_key_writer("emb_params"), "multi": _keyed_writer(_SAME_KEYS, _in_file)},
     "onetrainer": {
         "single": _single_key_writer("emp_params"),  # sic: OneTrainer's key
-        "sdxl": _keyed_writer(_SAME_KEYS, _in_file),
-        "flux": _keyed_writer(_T5_AS_T5, _in_file),
+        "multi": _keyed_writer(_T5_AS_T5, _in_file),
     },
 }
 
 
 def _by_layout(format_name: str) -> _Writer:
-    """Dispatch to the format's writer for this soft prompt's layout, or say who can hold it."""
+    """Dispatch to the format's writer for this soft prompt's layout (or a refusal naming who can hold it)."""
     table = _LAYOUT_WRITERS[format_name]
 
     def write(prompt: SoftPrompt, path: Path) -> list[Path]:
-        layout = _layout(prompt)
-        writer = table.get(layout)
-        if writer is None:
-            able = ["native"] + [name for name, t in _LAYOUT_WRITERS.items() if layout in t]
-            raise SoftPromptError(
-                f"{format_name} cannot hold a {prompt.family or layout} soft prompt "
-                f"({' + '.join(sorted(prompt.vectors))}); formats that can: {', '.join(able)}"
-            )
-        return writer(prompt, path)
+        return table[_layout(prompt, format_name)](prompt, path)
 
     return write
 
