@@ -31,6 +31,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "SoftPrompt": "format",
     "load_soft_prompt": "loader",
+    "load_soft_prompts": "loader",
+    "loaded_soft_prompts": "loader",
+    "LoadedSoftPrompt": "loader",
     "unload_soft_prompt": "loader",
     "detect_family": "families",
     "FAMILIES": "families",

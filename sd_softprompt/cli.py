@@ -412,14 +412,14 @@ def _pipeline_with_soft(args):
     Returns the pipeline, its family (detected once, for the rest of the command) and the files."""
     from .families import detect_family
     from .format import SoftPrompt
-    from .loader import load_soft_prompt
+    from .loader import load_soft_prompts
 
     specs = [_parse_soft(spec) for spec in args.soft]
     softs = [SoftPrompt.load(path) for path, _ in specs]  # a bad file fails before the (slow) model load
     pipe = _load(args)
     family = detect_family(pipe)
-    for soft, (_, tokens) in zip(softs, specs):
-        load_soft_prompt(pipe, soft, tokens, family=family)
+    # One call: token clashes between the files are refused before anything loads, each table grows once.
+    load_soft_prompts(pipe, softs, [tokens for _, tokens in specs], family=family)
     return pipe, family, [path for path, _ in specs]
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from dataclasses import replace as replace_
 
 import torch
 from torch import nn
@@ -105,11 +107,14 @@ def _patch_pooled_eos(text_encoder: nn.Module, eos_id: int) -> list[tuple[nn.Mod
 
 def _set_rows(text_encoder: nn.Module, weight: torch.Tensor) -> None:
     old = text_encoder.get_input_embeddings()
+    # _weight: take the table as it is, without first filling a fresh one with random numbers.
     new = nn.Embedding(
-        weight.shape[0], weight.shape[1], padding_idx=old.padding_idx, device=weight.device, dtype=weight.dtype
+        weight.shape[0],
+        weight.shape[1],
+        padding_idx=old.padding_idx,
+        _weight=weight,
+        _freeze=not old.weight.requires_grad,
     )
-    new.weight.data = weight
-    new.weight.requires_grad_(old.weight.requires_grad)
     text_encoder.set_input_embeddings(new)
     text_encoder.config.vocab_size = weight.shape[0]
 
@@ -141,9 +146,10 @@ def _add(pipe, encoder: Encoder, tokens: list[str], vectors: torch.Tensor) -> No
 
 def _reset(pipe, encoder: Encoder, state: _EncoderState) -> None:
     tokenizer = getattr(pipe, encoder.tokenizer)
-    # In place, so that references the caller holds to the tokenizer see the restored one.
+    # In place, so that references the caller holds to the tokenizer see the restored one. The snapshot is
+    # used up (its state is dropped after a reset), so its insides move over without another copy.
     tokenizer.__dict__.clear()
-    tokenizer.__dict__.update(copy.deepcopy(state.tokenizer).__dict__)
+    tokenizer.__dict__.update(state.tokenizer.__dict__)
     # transformers' CLIPTokenizer patches its Rust backend's decode (to drop "</w>") in __init__; a copied
     # backend loses that patch, so apply it again.
     rewrap = getattr(tokenizer, "_wrap_decode_method_backend_tokenizer", None)
@@ -158,9 +164,163 @@ def _reset(pipe, encoder: Encoder, state: _EncoderState) -> None:
         module.eos_token_id = value
 
 
+@dataclass(frozen=True)
+class LoadedSoftPrompt:
+    """One loaded file (or in-memory soft prompt), as `loaded_soft_prompts` lists it."""
+
+    tokens: tuple[str, ...]  # its tokens still loaded, in order
+    source: str  # the path as given, or "<memory>: name"
+    family: str | None
+    metadata: dict[str, str]
+    encoders: tuple[str, ...]  # encoder keys that got rows
+    alias: str | None = None
+
+
+_LOADED_ATTR = "_sd_softprompt_loaded"
+
+
+def _loaded(pipe) -> list[LoadedSoftPrompt]:
+    if _LOADED_ATTR not in pipe.__dict__:
+        object.__setattr__(pipe, _LOADED_ATTR, [])
+    return pipe.__dict__[_LOADED_ATTR]
+
+
+def loaded_soft_prompts(pipe) -> list[LoadedSoftPrompt]:
+    """What is loaded into `pipe`, one entry per file (or in-memory soft prompt), in load order."""
+    return list(_loaded(pipe))
+
+
+@dataclass
+class _Plan:
+    """One soft prompt, read and checked against the pipeline, not loaded yet."""
+
+    source: str
+    soft: SoftPrompt
+    pairs: list[tuple[Encoder, torch.Tensor]]
+    tokens: list[str]
+    alias: str | None
+
+
+Source = SoftPrompt | str | os.PathLike | Sequence[str | os.PathLike]
+
+
+def _plan(pipe, family: Family, source: Source, tokens: Sequence[str] | None, alias: str | None) -> _Plan:
+    if isinstance(source, SoftPrompt):
+        name = source.origin or f"<memory>: {source.name}"  # origin: the file(s) it was read from
+        soft = source
+    else:
+        name = " + ".join(map(str, source)) if isinstance(source, (list, tuple)) else str(source)
+        soft = SoftPrompt.load(source)
+    soft.validate(name)  # an in-memory SoftPrompt gets a file's checks (a no-op for one already checked)
+    pairs = assign_encoders(pipe, family, soft, name)
+    tokens = list(tokens) if tokens is not None else list(soft.tokens)
+    if len(tokens) != soft.num_vectors or len(set(tokens)) != len(tokens):
+        raise TokenCollisionError(f"{name}: need {soft.num_vectors} distinct token names, got {tokens}")
+    return _Plan(name, soft, pairs, tokens, alias)
+
+
+def _check_between(plans: list[_Plan]) -> None:
+    """Two files of one call may not share a token name: say which files and which tokens."""
+    owner: dict[str, _Plan] = {}
+    for plan in plans:
+        for token in plan.tokens:
+            first = owner.setdefault(token, plan)
+            if first is not plan:
+                shared = [t for t in plan.tokens if t in first.tokens]
+                raise TokenCollisionError(
+                    f"{first.source} and {plan.source} both use tokens {shared}; give one of them other names "
+                    f"(tokens=[...] per file in Python, FILE=t1,t2,... with --soft)"
+                )
+
+
+def _check_vocab(pipe, plans: list[_Plan], replace: bool) -> list[str]:
+    """Refuse tokens already in a tokenizer (unless ours and `replace`); return the ones to unload first."""
+    ours = set(loaded_tokens(pipe))
+    swap: list[str] = []
+    for plan in plans:
+        for encoder, _ in plan.pairs:
+            taken = _present(getattr(pipe, encoder.tokenizer), plan.tokens)
+            if taken and not (replace and set(taken) <= ours):
+                hint = (
+                    "pass replace=True (--replace) to swap them" if set(taken) <= ours else "choose other token names"
+                )
+                raise TokenCollisionError(f"{plan.source}: tokens {taken} are already in {encoder.tokenizer}; {hint}")
+        swap += [t for t in plan.tokens if t in ours]
+    return swap
+
+
+def _present(tokenizer, tokens: list[str]) -> list[str]:
+    """The tokens a tokenizer already has (its vocabulary or added tokens)."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if callable(getattr(backend, "token_to_id", None)):
+        # The Rust backend answers per token; get_vocab() would build a 49k-entry dict (~0.1 s) per call.
+        return [t for t in tokens if backend.token_to_id(t) is not None]
+    vocab = tokenizer.get_vocab()
+    return [t for t in tokens if t in vocab]
+
+
+def load_soft_prompts(
+    pipe,
+    sources: Sequence[Source],
+    tokens: Sequence[Sequence[str] | None] | None = None,
+    *,
+    replace: bool = False,
+    aliases: Sequence[str | None] | None = None,
+    family: Family | None = None,
+) -> list[list[str]]:
+    """Load several soft prompts at once, each with its own tokens; return each one's tokens.
+
+    Every file is read and checked before anything changes: a token two of them share, or one already in a
+    tokenizer, is refused naming the files. Each embedding table is then grown once for all of them (one
+    copy of a 49k-row table instead of one per file). `tokens[i]` renames file i's tokens; `aliases[i]`
+    gives it an alias (see `load_soft_prompt`). Each source may be a path, a `SoftPrompt`, or a
+    [clip_l file, clip_g file] diffusers SDXL pair. `family`: the pipeline's, when the caller has it already.
+    """
+    sources = list(sources)
+    tokens = list(tokens) if tokens is not None else [None] * len(sources)
+    aliases = list(aliases) if aliases is not None else [None] * len(sources)
+    if len(tokens) != len(sources) or len(aliases) != len(sources):
+        raise TokenCollisionError(
+            f"{len(sources)} soft prompts but {len(tokens)} token lists and {len(aliases)} aliases; "
+            f"give one entry (or None) per soft prompt"
+        )
+    family = family or detect_family(pipe)
+    plans = [_plan(pipe, family, *args) for args in zip(sources, tokens, aliases)]
+    _check_between(plans)
+    swap = _check_vocab(pipe, plans, replace)
+    if swap:
+        unload_soft_prompt(pipe, swap, family=family)
+
+    for encoder in family.encoders:
+        names: list[str] = []
+        rows: list[torch.Tensor] = []
+        for plan in plans:
+            for enc, vectors in plan.pairs:
+                if enc.key == encoder.key:
+                    names += plan.tokens
+                    rows.append(vectors)
+        if names:
+            dtype = getattr(pipe, encoder.text_encoder).get_input_embeddings().weight.dtype
+            _add(pipe, encoder, names, torch.cat([r.to(dtype) for r in rows]))
+    for plan in plans:
+        _loaded(pipe).append(
+            LoadedSoftPrompt(
+                tokens=tuple(plan.tokens),
+                source=plan.source,
+                family=plan.soft.family,
+                metadata=dict(plan.soft.metadata),
+                encoders=tuple(enc.key for enc, _ in plan.pairs),
+                alias=plan.alias,
+            )
+        )
+        if plan.alias:
+            _aliases(pipe)[plan.alias] = plan.tokens
+    return [plan.tokens for plan in plans]
+
+
 def load_soft_prompt(
     pipe,
-    source: SoftPrompt | str | os.PathLike,
+    source: Source,
     tokens: list[str] | None = None,
     *,
     replace: bool = False,
@@ -169,36 +329,14 @@ def load_soft_prompt(
 ) -> list[str]:
     """Register a soft prompt's tokens in every text encoder it has vectors for; return the tokens.
 
-    `source` is a file (any format `SoftPrompt.load` reads) or a `SoftPrompt`. `tokens` overrides the
-    placeholder names (default: those stored in the file, `[v1]..[vN]`). Tokens already present are refused
-    unless `replace=True` and they were loaded by this package. `alias` (e.g. "<sunrise>") is a name that
-    the pipeline's prompt encoding expands to all N tokens. `family`: the pipeline's, when the caller has it
-    already (else detected).
+    `source` is a file (any format `SoftPrompt.load` reads), a [clip_l file, clip_g file] diffusers SDXL
+    pair, or a `SoftPrompt`. `tokens` overrides the placeholder names (default: those stored in the file,
+    `[v1]..[vN]`). Tokens already present are refused unless `replace=True` and they were loaded by this
+    package. `alias` (e.g. "<sunrise>") is a name that the pipeline's prompt encoding expands to all N
+    tokens. `family`: the pipeline's, when the caller has it already (else detected). Several files at once:
+    `load_soft_prompts`.
     """
-    name = str(source) if not isinstance(source, SoftPrompt) else source.origin or source.name
-    soft = source if isinstance(source, SoftPrompt) else SoftPrompt.load(source)
-    soft.validate(name)  # an in-memory SoftPrompt gets a file's checks (a no-op for one already checked)
-    family = family or detect_family(pipe)
-    pairs = assign_encoders(pipe, family, soft, name)
-    tokens = list(tokens) if tokens is not None else list(soft.tokens)
-    if len(tokens) != soft.num_vectors or len(set(tokens)) != len(tokens):
-        raise TokenCollisionError(f"{name}: need {soft.num_vectors} distinct token names, got {tokens}")
-
-    ours = set(loaded_tokens(pipe))
-    for encoder, _ in pairs:
-        vocab = getattr(pipe, encoder.tokenizer).get_vocab()
-        taken = [t for t in tokens if t in vocab]
-        if taken and not (replace and set(taken) <= ours):
-            hint = "pass replace=True (--replace) to swap them" if set(taken) <= ours else "choose other token names"
-            raise TokenCollisionError(f"{name}: tokens {taken} are already in {encoder.tokenizer}; {hint}")
-    if replace and ours.intersection(tokens):
-        unload_soft_prompt(pipe, [t for t in tokens if t in ours], family=family)
-
-    for encoder, vectors in pairs:
-        _add(pipe, encoder, tokens, vectors)
-    if alias:
-        _aliases(pipe)[alias] = tokens
-    return tokens
+    return load_soft_prompts(pipe, [source], [tokens], replace=replace, aliases=[alias], family=family)[0]
 
 
 _ALIASES_ATTR = "_sd_softprompt_aliases"
@@ -250,7 +388,18 @@ def unload_soft_prompt(pipe, tokens: list[str] | str | None = None, *, family: F
         del states[key]
         if keep:
             _add(pipe, encoder, keep, kept)
-    _drop_aliases(pipe, set(loaded_tokens(pipe)))
+    _forget(pipe, set(loaded_tokens(pipe)))
+
+
+def _forget(pipe, loaded: set[str]) -> None:
+    """Drop unloaded tokens from the per-file records (an entry with none left goes) and from the aliases."""
+    entries = _loaded(pipe)
+    entries[:] = [
+        replace_(entry, tokens=tuple(t for t in entry.tokens if t in loaded))
+        for entry in entries
+        if any(t in loaded for t in entry.tokens)
+    ]
+    _drop_aliases(pipe, loaded)
 
 
 def _drop_aliases(pipe, loaded: set[str]) -> None:
