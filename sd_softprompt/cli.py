@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_generate, _add_grid, _add_inspect, _add_demo, _add_convert, _add_train):
+    for add in (_add_generate, _add_grid, _add_inspect, _add_demo, _add_convert, _add_mix, _add_train):
         add(commands)
     return parser
 
@@ -138,7 +138,9 @@ def _add_grid(commands) -> None:
         f"{PROG} grid --model stabilityai/stable-diffusion-xl-base-1.0 --soft sunrise.safetensors \\\n"
         f'      --prompt "[v1][v2][v3] mountain view" \\\n'
         f'      --compare "image of serene landscape at sunrise with trees mountains and lake mountain view" \\\n'
-        f'      --compare "mountain view" --seeds 0 1 2 --out grid.png',
+        f'      --compare "mountain view" --seeds 0 1 2 --out grid.png\n'
+        f"  {PROG} grid --model ... --interpolate dawn.safetensors dusk.safetensors --interpolate-steps 5 \\\n"
+        f'      --prompt "[v1][v2][v3] mountain view" --seeds 0 --out dawn_to_dusk.png',
         _grid,
     )
     _model_args(p)
@@ -153,6 +155,20 @@ def _add_grid(commands) -> None:
     )
     p.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED", help="one column per seed (default 0 1 2)"
+    )
+    p.add_argument(
+        "--interpolate",
+        nargs=2,
+        metavar=("A", "B"),
+        help="instead of --compare rows: one row per seed, columns from soft prompt A to B (same N and family), "
+        "loaded under A's tokens, which --prompt must use",
+    )
+    p.add_argument(
+        "--interpolate-steps",
+        type=int,
+        default=5,
+        metavar="K",
+        help="with --interpolate: columns, A and B included (default %(default)s); --steps stays the sampler's",
     )
     _sampling_args(p)
     p.add_argument(
@@ -205,6 +221,30 @@ def _add_convert(commands) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="the file, or two files of a diffusers SDXL pair")
     p.add_argument("--to", required=True, choices=FORMATS, help="target format")
     p.add_argument("--out", required=True, help="file (or folder, for diffusers) to write")
+
+
+def _add_mix(commands) -> None:
+    p = _command(
+        commands,
+        "mix",
+        "Combine soft prompts of one family into a new native file: weighted sum, concatenation, strength.",
+        f"{PROG} mix dawn.safetensors dusk.safetensors --weights 0.7 0.3 --out evening.safetensors\n"
+        f"  {PROG} mix sunrise.safetensors cat.safetensors --concat --out cat_at_sunrise.safetensors\n"
+        f"  {PROG} mix sunrise.safetensors --strength 1.3 --out sunrise_strong.safetensors",
+        _mix,
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="soft prompt files (any format this package reads)")
+    p.add_argument(
+        "--weights",
+        type=float,
+        nargs="+",
+        metavar="W",
+        help="one weight per file for the weighted sum (default: the mean); the files need the same N",
+    )
+    p.add_argument("--concat", action="store_true", help="put the files' vectors one after another (N1 + N2 ...)")
+    p.add_argument("--strength", type=float, default=1.0, help="multiply the result by this (default %(default)s)")
+    p.add_argument("--name", help="name stored in the file (default: mix)")
+    p.add_argument("--out", required=True, help="native .safetensors file to write")
 
 
 # TrainConfig field -> (flag, argparse keywords). One flag per field; defaults come from TrainConfig.
@@ -329,6 +369,8 @@ def _grid(args) -> int:
     from .generate import default_guidance, grid_target, image_path, run_grid
 
     out = image_path(grid_target(Path(args.out)))
+    if args.interpolate:
+        return _interpolation_grid(args, out)
     pipe, family, soft_files = _pipeline_with_soft(args)
     prompts = [args.prompt, *args.compare]
     _warn_overflow(pipe, family, prompts)
@@ -347,6 +389,52 @@ def _grid(args) -> int:
         family=family,
     )
     print(f"wrote {grid}\nwrote {record}")
+    return 0
+
+
+def _interpolation_grid(args, out: Path) -> int:
+    from .errors import ConfigError
+    from .generate import default_guidance, run_interpolation
+    from .mixing import interpolate
+
+    if args.compare:
+        raise ConfigError("--interpolate draws its own row; leave --compare out (or draw a second grid)")
+    a, b = args.interpolate
+    interpolate(a, b, 0.5)  # files that cannot be combined fail before the (slow) model load
+    pipe, family, soft_files = _pipeline_with_soft(args)
+    _warn_overflow(pipe, family, [args.prompt])
+    grid, record = run_interpolation(
+        pipe,
+        a,
+        b,
+        args.prompt,
+        args.seeds,
+        args.interpolate_steps,
+        steps=args.steps,
+        guidance=default_guidance(pipe, family) if args.guidance is None else args.guidance,
+        height=args.height,
+        width=args.width,
+        model_name=args.model,
+        out=out,
+        negative_prompt=args.negative_prompt,
+        soft_files=soft_files,
+        family=family,
+    )
+    print(f"wrote {grid}\nwrote {record}")
+    return 0
+
+
+def _mix(args) -> int:
+    from .mixing import concat, mix
+
+    if args.concat and args.weights:
+        raise SoftPromptError("--concat puts vectors one after another and takes no --weights; give one or the other")
+    if args.concat:
+        result = concat(args.files, strength=args.strength, name=args.name)
+    else:
+        result = mix(args.files, args.weights, strength=args.strength, name=args.name)
+    for path in result.save(args.out):
+        print(f"wrote {path} ({result.num_vectors} vectors, {result.metadata['mix']})")
     return 0
 
 

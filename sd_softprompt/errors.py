@@ -37,3 +37,7 @@ class ConfigError(SoftPromptError):
 
 class TrainingDiverged(SoftPromptError):
     """The loss became NaN/inf; the run stopped and its last good checkpoint is kept."""
+
+
+class MixError(SoftPromptError):
+    """Soft prompts that cannot be combined: different families, widths or vector counts, bad weights."""

@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 from .atomic import atomic_write
 from .errors import ConfigError
 from .families import Family, detect_family
+from .format import SoftPrompt
 from .grid import make_grid
-from .loader import loaded_tokens
+from .loader import load_soft_prompt, loaded_tokens, unload_soft_prompt
 
 
 def default_guidance(pipe, family: Family | None = None) -> float:
@@ -141,6 +142,11 @@ def run_grid(
         },
         "version": _version(),
     }
+    return _write_grid(target, grid, record)
+
+
+def _write_grid(target: Path, grid: Image.Image, record: dict) -> tuple[Path, Path]:
+    """The grid image and its JSON record, both complete before either is renamed into place."""
     json_path = target.with_suffix(".json")
     atomic_write(
         [
@@ -149,6 +155,90 @@ def run_grid(
         ]
     )
     return target, json_path
+
+
+def run_interpolation(
+    pipe,
+    a: SoftPrompt | str | Path,
+    b: SoftPrompt | str | Path,
+    prompt: str,
+    seeds: list[int],
+    points: int,
+    *,
+    steps: int,
+    guidance: float,
+    height: int | None,
+    width: int | None,
+    model_name: str,
+    out: Path,
+    negative_prompt: str | None = None,
+    soft_files: Sequence[str] = (),
+    progress: bool = True,
+    family: Family | None = None,
+) -> tuple[Path, Path]:
+    """A row per seed, `points` columns from soft prompt `a` (t=0) to `b` (t=1): weights (1 - t, t).
+
+    Each point is loaded under `a`'s tokens (which `prompt` must use) and drawn with the same seeds, so
+    a column differs from the next only by the vectors. The tokens are unloaded afterwards.
+    """
+    from .mixing import interpolate
+
+    if points < 2:
+        raise ConfigError(f"--interpolate-steps {points}: need at least 2 columns (A and B)")
+    if not seeds:
+        raise ConfigError("a grid needs at least one seed")
+    target = image_path(grid_target(Path(out)))
+    family = family or detect_family(pipe)
+    names = [(x.origin or f"<memory>: {x.name}") if isinstance(x, SoftPrompt) else str(x) for x in (a, b)]
+    a, b = (x if isinstance(x, SoftPrompt) else SoftPrompt.load(x) for x in (a, b))  # read each file once
+    tokens = list(interpolate(a, b, 0.0).tokens)
+    if not any(token in prompt for token in tokens):
+        raise ConfigError(
+            f"--prompt {prompt!r} uses none of A's tokens {tokens}; every column would be the same picture: "
+            f"put them in the prompt, e.g. {''.join(tokens)!r} + your words"
+        )
+    if set(tokens) & set(loaded_tokens(pipe)):
+        raise ConfigError(f"A's tokens {tokens} are already loaded from another file; rename that file's tokens")
+    ts = [round(i / (points - 1), 6) for i in range(points)]
+    started = time.perf_counter()
+    columns: list[list[Image.Image]] = []
+    try:
+        with tqdm(total=points * len(seeds), desc="interpolate", unit="image", disable=not progress) as bar:
+            for t in ts:
+                load_soft_prompt(pipe, interpolate(a, b, t), tokens=tokens, replace=True, family=family)
+                columns.append(
+                    generate_batch(pipe, prompt, seeds, steps, guidance, height, width, negative_prompt, family)
+                )
+                bar.update(len(seeds))
+    finally:
+        if set(tokens) <= set(loaded_tokens(pipe)):
+            unload_soft_prompt(pipe, tokens, family=family)
+    rows = [[column[i] for column in columns] for i in range(len(seeds))]
+    cell_w, cell_h = rows[0][0].size
+    caption = f"{prompt} · A = {names[0]} → B = {names[1]} · " + grid_caption(
+        model_name, steps, guidance, cell_h, cell_w
+    )
+    labels = [f"t={t:g}" + (" (A)" if t == 0 else " (B)" if t == 1 else "") for t in ts]
+    grid = make_grid(rows, [f"seed {seed}" for seed in seeds], labels, caption)
+    record = {
+        "model": model_name,
+        "family": family.name,
+        "prompts": [prompt],
+        "interpolate": {"a": names[0], "b": names[1], "t": ts, "tokens": tokens, "weights": "(1 - t, t)"},
+        "negative_prompt": negative_prompt,
+        "seeds": list(seeds),
+        "steps": steps,
+        "guidance": guidance,
+        "height": cell_h,
+        "width": cell_w,
+        "soft_tokens": loaded_tokens(pipe),
+        "soft_prompt_files": [str(path) for path in soft_files],
+        "device": str(pipe.device),
+        "dtype": str(pipe.dtype).replace("torch.", ""),
+        "timings": {"total_s": round(time.perf_counter() - started, 3)},
+        "version": _version(),
+    }
+    return _write_grid(target, grid, record)
 
 
 def grid_caption(model_name: str, steps: int, guidance: float, height: int, width: int) -> str:

@@ -18,7 +18,7 @@ from sd_softprompt.format import SoftPrompt
 from sd_softprompt.train import TrainConfig, TrainResult
 
 FAST = ["--steps", "2", "--height", "64", "--width", "64"]
-COMMANDS = ["generate", "grid", "inspect", "demo", "convert", "train"]
+COMMANDS = ["generate", "grid", "inspect", "demo", "convert", "mix", "train"]
 
 
 @pytest.fixture(scope="module")
