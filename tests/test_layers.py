@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"safe_read", "toyworld.judge", "toyworld.model", "toyworld.__init__"},
     {"readers", "writers"},
     {"format"},  # SoftPrompt and load/save/convert
-    {"loader", "pipeline", "images"},
+    {"loader", "pipeline", "images", "mixing"},  # mixing: sums, concatenation, strength of SoftPrompts
     {"inspection", "generate", "measure"},
     {"objectives", "toyworld.fidelity"},
     {"config"},
