@@ -24,6 +24,7 @@ from .errors import (
     UnsafeFileError,
     UnsupportedPipelineError,
     WidthMismatchError,
+    WriteError,
 )
 
 __version__ = "0.1.0"
@@ -57,6 +58,7 @@ __all__ = [
     "TrainingDiverged",
     "UnsupportedPipelineError",
     "ConfigError",
+    "WriteError",
     *_LAZY,
 ]
 

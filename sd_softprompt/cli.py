@@ -1,7 +1,9 @@
 """`sd-softprompt`: generate, grid, inspect, demo, convert, train. A thin layer over the Python API.
 
-Every command runs inside one wrapper: a user error (SoftPromptError, or a missing/unreadable path)
-prints one line, ``sd-softprompt: error: <message>``, to stderr and returns 2; never a traceback.
+Every command runs inside one wrapper: a user error (SoftPromptError, a bad flag, or an OSError such as a
+missing path, a full disk or a refused permission) prints one line, ``sd-softprompt: error: <message>``, to
+stderr and returns 2; never a traceback. Ctrl-C prints one line too (what was kept, how to resume) and
+returns 130, the shell's code for an interrupt.
 """
 
 from __future__ import annotations
@@ -18,11 +20,18 @@ from typing import Any
 from .errors import SoftPromptError
 
 PROG = "sd-softprompt"
-_USER_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+_MAX_MESSAGE = 400  # a safety net: messages are written short; this keeps any one of them a line
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the epilog's example lines as written."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (argparse's own prints the whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{PROG}: error: {message}; see {self.prog} --help\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,28 +51,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args) or 0
     except SoftPromptError as error:
         return _fail(str(error))
-    except _USER_OS_ERRORS as error:
+    except OSError as error:  # a missing path, a full disk, a refused permission: the user's to fix
         return _fail(_os_message(error))
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # train() says what it kept and how to resume
+        print(_one_line(f"{PROG}: interrupted" + (f"; {interrupt}" if str(interrupt) else "")), file=sys.stderr)
         return 130
 
 
 def _fail(message: str) -> int:
-    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    print(f"{PROG}: error: {one_line}", file=sys.stderr)
+    print(_one_line(f"{PROG}: error: {message}"), file=sys.stderr)
     return 2
+
+
+def _one_line(message: str) -> str:
+    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
 
 
 def _os_message(error: OSError) -> str:
     if error.filename is not None:
         return f"{error.filename}: {error.strerror or error}"
-    return str(error)
+    return str(error) or type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Soft prompts (learned prompt embeddings) for SD 1.x/2.x, SDXL and Flux.",
         formatter_class=_Formatter,
@@ -102,6 +115,11 @@ def _soft_arg(parser: argparse.ArgumentParser) -> None:
         metavar="FILE[=TOKENS]",
         help="soft prompt file to load (repeatable); FILE=t1,t2,t3 renames its tokens, "
         "e.g. when two files both use [v1]..[vN]",
+    )
+    parser.add_argument(
+        "--allow-shadowing",
+        action="store_true",
+        help="load tokens that are words of the model's vocabulary (they then replace that word in every prompt)",
     )
 
 
@@ -507,7 +525,7 @@ def _pipeline_with_soft(args):
     pipe = _load(args)
     family = detect_family(pipe)
     # One call: token clashes between the files are refused before anything loads, each table grows once.
-    load_soft_prompts(pipe, softs, [tokens for _, tokens in specs], family=family)
+    load_soft_prompts(pipe, softs, [tokens for _, tokens in specs], family=family, allow_shadowing=args.allow_shadowing)
     return pipe, family, [path for path, _ in specs]
 
 

@@ -41,3 +41,23 @@ class TrainingDiverged(SoftPromptError):
 
 class MixError(SoftPromptError):
     """Soft prompts that cannot be combined: different families, widths or vector counts, bad weights."""
+
+
+class WriteError(SoftPromptError):
+    """An output could not be written (full disk, no permission, read-only folder); nothing half-written is left."""
+
+
+# ---- message helpers: a message stays one short line whatever the input holds
+
+
+def listed(items, limit: int = 5, width: int = 40) -> str:
+    """``a, b, c, d, e and 2995 more``: the first few items (each shortened), then a count."""
+    items = [shorten(repr(item) if not isinstance(item, str) else item, width) for item in items]
+    shown = ", ".join(items[:limit])
+    return f"{shown} and {len(items) - limit} more" if len(items) > limit else shown
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """One line of at most ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

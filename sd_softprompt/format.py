@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .errors import FormatError, InvalidVectorsError, SoftPromptError
+from .errors import FormatError, InvalidVectorsError, SoftPromptError, listed, shorten
 from .keys import (
     ENCODER_KEYS,
     FAMILY_BY_KEYS,
@@ -58,6 +58,10 @@ class SoftPrompt:
 
     def __post_init__(self) -> None:
         self.vectors = {key: _as_rows(value) for key, value in self.vectors.items()}
+        for key, value in self.vectors.items():
+            if isinstance(value, torch.Tensor) and value.dtype in _WIDENED:
+                self.vectors[key] = value.float()
+                self.notes.append(f"{key}: {_dtype_name(value.dtype)} vectors widened to float32")
         self.tokens = default_tokens(self.num_vectors) if self.tokens is None else list(self.tokens)
 
     @property
@@ -131,6 +135,22 @@ def convert(src: PathLike | Sequence[PathLike], to: str, out: PathLike) -> list[
     return SoftPrompt.load(src).save(out, format=to)
 
 
+# Floating dtypes torch can only store, not compute with (isfinite, norm, matmul): widened to float32 on the
+# way in. float4_e2m1fn_x2 is not here: torch cannot even convert it, so validation refuses it.
+_WIDENED = {
+    torch.float8_e4m3fn,
+    torch.float8_e4m3fnuz,
+    torch.float8_e5m2,
+    torch.float8_e5m2fnuz,
+    *([torch.float8_e8m0fnu] if hasattr(torch, "float8_e8m0fnu") else []),
+}
+_USABLE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
 def _as_rows(value: Any) -> Any:
     # A single vector [d] is one row; other shapes are left for validate() to judge.
     if isinstance(value, torch.Tensor):
@@ -149,7 +169,9 @@ def _check_keys(vectors: dict[str, Any], source: str) -> None:
         raise InvalidVectorsError(f"{source}: holds no vectors; a soft prompt needs at least one [N, width] tensor")
     for key in vectors:
         if key != UNASSIGNED and key not in ENCODER_KEYS:
-            raise InvalidVectorsError(f"{source}: unknown encoder key {key!r}; use one of {', '.join(ENCODER_KEYS)}")
+            raise InvalidVectorsError(
+                f"{source}: unknown encoder key {shorten(repr(key), 40)}; use one of {', '.join(ENCODER_KEYS)}"
+            )
     if UNASSIGNED in vectors and len(vectors) > 1:
         raise InvalidVectorsError(
             f"{source}: {UNASSIGNED!r} (encoder picked later by width) must be the only key; "
@@ -166,9 +188,20 @@ def _check_tensor(key: str, tensor: Any, source: str) -> None:
         raise InvalidVectorsError(
             f"{source}: {key} has shape {list(tensor.shape)}; expected [N, width] (N vectors of the encoder's width)"
         )
-    if not tensor.is_floating_point():
+    if tensor.dtype not in _USABLE_FLOATS:
+        kind = "a floating dtype torch cannot convert" if tensor.is_floating_point() else "not floating point"
         raise InvalidVectorsError(
-            f"{source}: {key} is {tensor.dtype}; vectors must be floating point (float32, float16 or bfloat16)"
+            f"{source}: {key} is {_dtype_name(tensor.dtype)} ({kind}); "
+            f"re-export the vectors as float32, float16 or bfloat16"
+        )
+    n, width = tensor.shape
+    if n == 0:
+        raise InvalidVectorsError(
+            f"{source}: {key} holds 0 vectors (shape [0, {width}]); a soft prompt needs at least one"
+        )
+    if width == 0:
+        raise InvalidVectorsError(
+            f"{source}: {key} has zero width (shape [{n}, 0]); vectors need the encoder's width, e.g. 768 for clip_l"
         )
     bad = int((~torch.isfinite(tensor)).sum())
     if bad:
@@ -205,10 +238,10 @@ def _check_tokens(tokens: list[str] | None, n: int, source: str) -> None:
             f"{source}: {len(tokens)} tokens for {n} vectors; give one token per vector (or none, for [v1]..[v{n}])"
         )
     if any(not isinstance(t, str) or not t.strip() for t in tokens):
-        raise InvalidVectorsError(f"{source}: tokens must be non-empty strings, got {tokens}")
+        raise InvalidVectorsError(f"{source}: tokens must be non-empty strings, got {listed(tokens)}")
     duplicates = sorted({t for t in tokens if tokens.count(t) > 1})
     if duplicates:
-        raise InvalidVectorsError(f"{source}: tokens repeat {duplicates}; each token must be unique")
+        raise InvalidVectorsError(f"{source}: tokens repeat {listed(duplicates)}; each token must be unique")
 
 
 # ---- path -> SoftPrompt ------------------------------------------------------------------
@@ -240,7 +273,9 @@ def _existing(path: PathLike) -> Path:
 
 def _single_tensor(decoded: Decoded, path: PathLike) -> tuple[torch.Tensor, dict[str, str]]:
     if len(decoded.vectors) != 1:
-        raise FormatError(f"{path}: holds {sorted(decoded.vectors)}; each file of an SDXL pair holds one tensor")
+        raise FormatError(
+            f"{path}: holds {listed(sorted(decoded.vectors))}; each file of an SDXL pair holds one tensor"
+        )
     return next(iter(decoded.vectors.values())), decoded.metadata
 
 
@@ -271,5 +306,5 @@ def _stored_tokens(metadata: dict[str, str], n: int, notes: list[str]) -> list[s
         tokens = None
     if isinstance(tokens, list) and len(tokens) == n and all(isinstance(t, str) for t in tokens):
         return tokens
-    notes.append(f"ignored the header's tokens {raw!r}: not a JSON list of {n} strings")
+    notes.append(f"ignored the header's tokens {shorten(repr(raw))}: not a JSON list of {n} strings")
     return None

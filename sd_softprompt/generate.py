@@ -7,7 +7,9 @@ Files are written to a temp file beside the target and renamed, so nothing is ev
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write
+from .atomic import atomic_write, bytes_writer
 from .errors import ConfigError
 from .families import Family, detect_family
 from .format import SoftPrompt
@@ -60,7 +62,7 @@ def generate_batch(
     from the noise `generate` would draw with seeds[k] (on this CPU the pixels match exactly; a GPU may
     differ in rounding), and one batched call costs far less than len(seeds) calls on a GPU."""
     family = family or detect_family(pipe)
-    _check_settings(pipe, family, steps, height, width)
+    _check_settings(pipe, family, steps, guidance, height, width)
     kwargs = dict(
         prompt=prompt,
         num_inference_steps=steps,
@@ -75,15 +77,17 @@ def generate_batch(
         return pipe(**kwargs).images
 
 
-def _check_settings(pipe, family: Family, steps: int, height: int | None, width: int | None) -> None:
+def _check_settings(pipe, family: Family, steps: int, guidance: float, height: int | None, width: int | None) -> None:
     if steps < 1:
-        raise ConfigError(f"steps {steps}: need at least 1 inference step")
+        raise ConfigError(f"--steps {steps}: need at least 1 inference step")
+    if not math.isfinite(guidance) or guidance < 0:
+        raise ConfigError(f"--guidance {guidance}: need a finite scale of 0 or more (default {family.guidance})")
     multiple = pipe.vae_scale_factor * family.latent_patch
     for name, size in (("height", height), ("width", width)):
         if size is not None and (size < multiple or size % multiple):
             lower = max(multiple, size - size % multiple)
             raise ConfigError(
-                f"{name} {size}: {family.title} needs a multiple of {multiple}; try {lower} or {lower + multiple}"
+                f"--{name} {size}: {family.title} needs a multiple of {multiple}; try {lower} or {lower + multiple}"
             )
 
 
@@ -150,7 +154,7 @@ def _write_grid(target: Path, grid: Image.Image, record: dict) -> tuple[Path, Pa
     json_path = target.with_suffix(".json")
     atomic_write(
         [
-            (target, lambda tmp: grid.save(tmp, format=_image_format(target))),
+            (target, bytes_writer(_image_bytes(grid, target))),
             (json_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", "utf-8")),
         ]
     )
@@ -253,7 +257,7 @@ def grid_target(out: Path) -> Path:
 def save_image(image: Image.Image, out: Path) -> Path:
     """Write one image atomically, in the format its suffix names (PNG when it has none)."""
     target = image_path(Path(out))
-    atomic_write([(target, lambda tmp: image.save(tmp, format=_image_format(target)))])
+    atomic_write([(target, bytes_writer(_image_bytes(image, target)))])
     return target
 
 
@@ -262,6 +266,13 @@ def image_path(out: Path) -> Path:
     target = out if out.suffix else out.with_suffix(".png")
     _image_format(target)
     return target
+
+
+def _image_bytes(image: Image.Image, target: Path) -> bytes:
+    """The encoded image, in memory first (as every writer here: see atomic.py)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=_image_format(target))
+    return buffer.getvalue()
 
 
 def _image_format(target: Path) -> str:

@@ -2,7 +2,8 @@
 
 `inspect_file` returns a plain dict (JSON-serialisable); `format_inspection` turns it into text.
 Norms are compared with the encoder's input embedding rows of the original vocabulary (no added
-tokens), and the nearest tokens are by cosine similarity over those same rows.
+tokens), and the nearest tokens are by cosine similarity over those same rows. Norms are computed in
+float64, so a file of 1e38s reports its real norm (not inf) and is flagged.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from typing import Any
 
 import torch
 
+from .errors import ConfigError
 from .families import Encoder, Family, detect_family
 from .format import UNASSIGNED, SoftPrompt
 from .loader import assign_encoders, loaded_tokens
 
 _CHUNK = 8192  # vocabulary rows per matmul, so a 32k x 4096 T5 table is never copied whole to fp32
+# A vector this many times the vocabulary's mean norm (or this fraction of it) is flagged: trained vectors sit
+# within a few times the mean (the README's figures), a prompt word near 1x.
+FAR_OUTSIDE = 10.0
 
 
 def inspect_file(
@@ -24,6 +29,8 @@ def inspect_file(
 ) -> dict[str, Any]:
     """Describe a soft prompt (a file, or one already read); with ``pipe``, add vocabulary norm stats and
     nearest tokens. ``family``: the pipeline's, when the caller has it already (else detected)."""
+    if top_k < 0:
+        raise ConfigError(f"--top-k {top_k}: give 0 (no nearest tokens) or more")
     soft = source if isinstance(source, SoftPrompt) else SoftPrompt.load(source)
     path = soft.origin or soft.name if isinstance(source, SoftPrompt) else str(source)
     report: dict[str, Any] = {
@@ -46,6 +53,7 @@ def inspect_file(
         entry = _vector_entry(encoder.key, vectors)
         entry["text_encoder"] = encoder.text_encoder
         entry.update(_against_vocabulary(pipe, encoder, vectors, top_k))
+        entry["flags"] += _norm_flags(entry["norm_ratio"], soft.tokens)
         report["encoders"].append(entry)
     return report
 
@@ -55,8 +63,36 @@ def _vector_entry(key: str, vectors: torch.Tensor) -> dict[str, Any]:
         "key": key,
         "shape": list(vectors.shape),
         "dtype": str(vectors.dtype).replace("torch.", ""),
-        "norms": [round(float(n), 6) for n in vectors.float().norm(dim=1)],
+        "norms": [_round(float(n)) for n in vectors.double().norm(dim=1)],
+        "flags": _range_flags(vectors),
     }
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.7g}")  # 7 significant digits: 0.1234567 and 1.234567e+38 alike
+
+
+def _range_flags(vectors: torch.Tensor) -> list[str]:
+    """Half-precision dtypes that cannot hold these values (a pipeline in that dtype refuses the file)."""
+    biggest = float(vectors.double().abs().max())
+    beyond = [name for name, dtype in _HALF.items() if biggest > torch.finfo(dtype).max]
+    if not beyond:
+        return []
+    return [f"values up to {biggest:.3g} do not fit {' or '.join(beyond)}: a pipeline in that dtype refuses this file"]
+
+
+_HALF = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _norm_flags(ratios: list[float | None], tokens: list[str]) -> list[str]:
+    flags = []
+    for token, ratio in zip(tokens, ratios):
+        if ratio is not None and not 1 / FAR_OUTSIDE <= ratio <= FAR_OUTSIDE:
+            flags.append(
+                f"{token}: norm {ratio:.3g}x the vocabulary's mean, far outside it "
+                f"({'it will drown the rest of the prompt' if ratio > 1 else 'it will barely register'})"
+            )
+    return flags
 
 
 def _vocabulary_ids(pipe, encoder: Encoder, rows: int) -> torch.Tensor:
@@ -74,11 +110,12 @@ def _vocabulary_ids(pipe, encoder: Encoder, rows: int) -> torch.Tensor:
 def _against_vocabulary(pipe, encoder: Encoder, vectors: torch.Tensor, top_k: int) -> dict[str, Any]:
     table = getattr(pipe, encoder.text_encoder).get_input_embeddings().weight.detach()
     ids = _vocabulary_ids(pipe, encoder, table.shape[0]).to(table.device)
-    queries = torch.nn.functional.normalize(vectors.to(table.device).float(), dim=1)
+    # Normalised in float64: a float32 norm of huge values is inf, which would zero every cosine.
+    queries = torch.nn.functional.normalize(vectors.to(table.device).double(), dim=1).float()
     norms, cosines = [], []
     for chunk in ids.split(_CHUNK):
         rows = table[chunk].float()
-        norms.append(rows.norm(dim=1))
+        norms.append(rows.double().norm(dim=1))
         cosines.append(queries @ torch.nn.functional.normalize(rows, dim=1).T)
     norms_all, cos_all = torch.cat(norms), torch.cat(cosines, dim=1)
     mean = float(norms_all.mean())
@@ -97,7 +134,7 @@ def _against_vocabulary(pipe, encoder: Encoder, vectors: torch.Tensor, top_k: in
                 for i, c in zip(picked, best.values[row])
             ]
         )
-    own_norms = vectors.float().norm(dim=1)
+    own_norms = vectors.double().norm(dim=1)
     return {
         "vocab": {
             "rows": len(ids),
@@ -107,7 +144,7 @@ def _against_vocabulary(pipe, encoder: Encoder, vectors: torch.Tensor, top_k: in
             "min": round(float(norms_all.min()), 6),
             "max": round(float(norms_all.max()), 6),
         },
-        "norm_ratio": [round(float(n) / mean, 4) if mean else None for n in own_norms],
+        "norm_ratio": [_round(float(n) / mean) if mean else None for n in own_norms],
         "nearest": nearest,
     }
 
@@ -155,11 +192,13 @@ def _format_encoder(entry: dict[str, Any], tokens: list[str]) -> list[str]:
             f"std {vocab['std']:.4g} (min {vocab['min']:.4g}, max {vocab['max']:.4g})"
         )
     pad = max(len(t) for t in tokens) if tokens else 0
+    for flag in entry.get("flags", []):
+        lines.append(f"  warning: {flag}")
     for i, norm in enumerate(entry["norms"]):
         text = f"  {tokens[i]:<{pad}}  norm {norm:.4g}"
         if vocab:
             ratio = entry["norm_ratio"][i]
-            text += f" ({ratio:.2f}x vocab mean)" if ratio is not None else ""
+            text += f" ({ratio:.3g}x vocab mean)" if ratio is not None else ""
             near = ", ".join(f"{t['token']} {t['cosine']:.2f}" for t in entry["nearest"][i])
             text += f"  nearest: {near}" if near else ""
         lines.append(text)

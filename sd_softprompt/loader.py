@@ -9,6 +9,7 @@ exactly, and nothing in the pipeline is touched when a load is refused.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from dataclasses import replace as replace_
 import torch
 from torch import nn
 
-from .errors import TokenCollisionError, WidthMismatchError
+from .errors import InvalidVectorsError, TokenCollisionError, WidthMismatchError, listed, shorten
 from .families import Encoder, Family, detect_family
 from .format import UNASSIGNED, SoftPrompt
 
@@ -204,7 +205,9 @@ class _Plan:
 Source = SoftPrompt | str | os.PathLike | Sequence[str | os.PathLike]
 
 
-def _plan(pipe, family: Family, source: Source, tokens: Sequence[str] | None, alias: str | None) -> _Plan:
+def _plan(
+    pipe, family: Family, source: Source, tokens: Sequence[str] | None, alias: str | None, allow_shadowing: bool
+) -> _Plan:
     if isinstance(source, SoftPrompt):
         name = source.origin or f"<memory>: {source.name}"  # origin: the file(s) it was read from
         soft = source
@@ -215,7 +218,12 @@ def _plan(pipe, family: Family, source: Source, tokens: Sequence[str] | None, al
     pairs = assign_encoders(pipe, family, soft, name)
     tokens = list(tokens) if tokens is not None else list(soft.tokens)
     if len(tokens) != soft.num_vectors or len(set(tokens)) != len(tokens):
-        raise TokenCollisionError(f"{name}: need {soft.num_vectors} distinct token names, got {tokens}")
+        raise TokenCollisionError(f"{name}: need {soft.num_vectors} distinct token names, got {listed(tokens)}")
+    check_token_names(tokens, name)
+    if not allow_shadowing:
+        _check_shadowing(pipe, family, tokens, name)
+    for encoder, vectors in pairs:
+        _check_fits_dtype(pipe, encoder, vectors, name)
     return _Plan(name, soft, pairs, tokens, alias)
 
 
@@ -228,7 +236,7 @@ def _check_between(plans: list[_Plan]) -> None:
             if first is not plan:
                 shared = [t for t in plan.tokens if t in first.tokens]
                 raise TokenCollisionError(
-                    f"{first.source} and {plan.source} both use tokens {shared}; give one of them other names "
+                    f"{first.source} and {plan.source} both use tokens {listed(shared)}; give one of them other names "
                     f"(tokens=[...] per file in Python, FILE=t1,t2,... with --soft)"
                 )
 
@@ -244,7 +252,9 @@ def _check_vocab(pipe, plans: list[_Plan], replace: bool) -> list[str]:
                 hint = (
                     "pass replace=True (--replace) to swap them" if set(taken) <= ours else "choose other token names"
                 )
-                raise TokenCollisionError(f"{plan.source}: tokens {taken} are already in {encoder.tokenizer}; {hint}")
+                raise TokenCollisionError(
+                    f"{plan.source}: tokens {listed(taken)} are already in {encoder.tokenizer}; {hint}"
+                )
         swap += [t for t in plan.tokens if t in ours]
     return swap
 
@@ -267,6 +277,7 @@ def load_soft_prompts(
     replace: bool = False,
     aliases: Sequence[str | None] | None = None,
     family: Family | None = None,
+    allow_shadowing: bool = False,
 ) -> list[list[str]]:
     """Load several soft prompts at once, each with its own tokens; return each one's tokens.
 
@@ -275,6 +286,7 @@ def load_soft_prompts(
     copy of a 49k-row table instead of one per file). `tokens[i]` renames file i's tokens; `aliases[i]`
     gives it an alias (see `load_soft_prompt`). Each source may be a path, a `SoftPrompt`, or a
     [clip_l file, clip_g file] diffusers SDXL pair. `family`: the pipeline's, when the caller has it already.
+    `allow_shadowing`: see `load_soft_prompt`.
     """
     sources = list(sources)
     tokens = list(tokens) if tokens is not None else [None] * len(sources)
@@ -285,7 +297,7 @@ def load_soft_prompts(
             f"give one entry (or None) per soft prompt"
         )
     family = family or detect_family(pipe)
-    plans = [_plan(pipe, family, *args) for args in zip(sources, tokens, aliases)]
+    plans = [_plan(pipe, family, *args, allow_shadowing) for args in zip(sources, tokens, aliases)]
     _check_between(plans)
     swap = _check_vocab(pipe, plans, replace)
     if swap:
@@ -326,17 +338,107 @@ def load_soft_prompt(
     replace: bool = False,
     alias: str | None = None,
     family: Family | None = None,
+    allow_shadowing: bool = False,
 ) -> list[str]:
     """Register a soft prompt's tokens in every text encoder it has vectors for; return the tokens.
 
     `source` is a file (any format `SoftPrompt.load` reads), a [clip_l file, clip_g file] diffusers SDXL
     pair, or a `SoftPrompt`. `tokens` overrides the placeholder names (default: those stored in the file,
     `[v1]..[vN]`). Tokens already present are refused unless `replace=True` and they were loaded by this
-    package. `alias` (e.g. "<sunrise>") is a name that the pipeline's prompt encoding expands to all N
-    tokens. `family`: the pipeline's, when the caller has it already (else detected). Several files at once:
-    `load_soft_prompts`.
+    package. Tokens with whitespace are refused, and so are tokens that are a word of any of the pipeline's
+    tokenizers unless `allow_shadowing=True` (loaded, they would replace that word in every prompt); so are
+    vectors the encoders' dtype cannot hold. `alias` (e.g. "<sunrise>") is a name that the pipeline's
+    prompt encoding expands to all N tokens. `family`: the pipeline's, when the caller has it already (else
+    detected). Several files at once: `load_soft_prompts`.
     """
-    return load_soft_prompts(pipe, [source], [tokens], replace=replace, aliases=[alias], family=family)[0]
+    return load_soft_prompts(
+        pipe, [source], [tokens], replace=replace, aliases=[alias], family=family, allow_shadowing=allow_shadowing
+    )[0]
+
+
+def check_token_names(tokens: list[str], source: str = "soft prompt") -> None:
+    """Refuse token names with whitespace: such a token also claims the words on either side of its space,
+    and tools that split prompts at spaces (A1111, ComfyUI) can never match it."""
+    for i, token in enumerate(tokens):
+        if any(ch.isspace() for ch in token):
+            raise TokenCollisionError(
+                f"{source}: token {shorten(repr(token), 40)} contains whitespace; it would claim the words around "
+                f"the space and other tools cannot match it: use one word such as <{_word_chars(token)}> or [v{i + 1}]"
+            )
+
+
+def _word_chars(token: str) -> str:
+    return "_".join(token.strip("<>[] ").split())[:30] or "name"
+
+
+# How a tokenizer writes a whole word: CLIP's BPE marks its end with "</w>", sentencepiece (T5) its start
+# with "▁"; CLIP lowercases prompts, so "Lake" in a prompt is the word "lake".
+_WORD_FORMS = ("{}", "{}</w>", "▁{}")
+
+
+def shadowed_word(tokenizer, token: str) -> str | None:
+    """The vocabulary entry that ``token`` would shadow in ``tokenizer`` (added tokens aside), or None."""
+    return _shadow_finder(tokenizer)(token)
+
+
+def _shadow_finder(tokenizer):
+    added = set(tokenizer.get_added_vocab()) if hasattr(tokenizer, "get_added_vocab") else set()
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if callable(getattr(backend, "token_to_id", None)):
+        known = lambda entry: backend.token_to_id(entry) is not None  # noqa: E731 (see _present: no 49k dict)
+    else:
+        known = tokenizer.get_vocab().__contains__
+
+    def find(token: str) -> str | None:
+        for text in dict.fromkeys((token, token.lower())):
+            for form in _WORD_FORMS:
+                entry = form.format(text)
+                if entry not in added and known(entry):
+                    return entry
+        return None
+
+    return find
+
+
+def _check_shadowing(pipe, family: Family, tokens: list[str], source: str) -> None:
+    for encoder in family.encoders:  # every tokenizer of the pipeline, not only those the file has vectors for
+        find = _shadow_finder(getattr(pipe, encoder.tokenizer))
+        for i, token in enumerate(tokens):
+            entry = find(token)
+            if entry is not None:
+                word = entry.replace("</w>", "").replace("▁", "")
+                raise TokenCollisionError(
+                    f"{source}: token {shorten(repr(token), 40)} is already the word {word!r} of {encoder.tokenizer}; "
+                    f"loaded, it would replace that word in every prompt: rename it (e.g. <{_word_chars(token)}> "
+                    f"or [v{i + 1}]) or allow it with --allow-shadowing (allow_shadowing=True)"
+                )
+
+
+# The encoder's layer norm squares its inputs in float32 at best (half precision accumulates in float32):
+# a vector with a norm beyond this turns every prompt it is in to NaN, whatever the table's dtype.
+_MAX_NORM = math.sqrt(torch.finfo(torch.float32).max)
+
+
+def _check_fits_dtype(pipe, encoder: Encoder, vectors: torch.Tensor, source: str) -> None:
+    """Refuse vectors the encoder cannot use: values its dtype cannot hold (they would become inf) or norms
+    its arithmetic cannot square; either way the images would be NaN."""
+    dtype = getattr(pipe, encoder.text_encoder).get_input_embeddings().weight.dtype
+    fits = not dtype.is_floating_point or bool(torch.isfinite(vectors.to(dtype)).all())
+    norm = float(vectors.double().norm(dim=1).max())
+    if fits and norm <= _MAX_NORM:
+        return
+    where = f"this pipeline's {encoder.text_encoder}"
+    if not fits:
+        name = str(dtype).replace("torch.", "")
+        biggest = float(vectors.double().abs().max())
+        problem = f"values up to {biggest:.3g}, beyond the range of {where} ({name}, ±{torch.finfo(dtype).max:.3g})"
+        fix = "load the pipeline in float32 (--dtype fp32) or rescale the vectors"
+        if torch.finfo(dtype).max >= torch.finfo(torch.float32).max:
+            fix = "rescale the vectors"
+    else:
+        problem = f"a vector norm of {norm:.3g}, more than {where} can square in float32 ({_MAX_NORM:.3g})"
+        fix = "rescale them to the vocabulary's norms (inspect FILE --model MODEL shows those)"
+    raise InvalidVectorsError(f"{source}: {encoder.key} has {problem}: the images would be NaN; {fix}")
 
 
 _ALIASES_ATTR = "_sd_softprompt_aliases"
@@ -374,7 +476,9 @@ def unload_soft_prompt(pipe, tokens: list[str] | str | None = None, *, family: F
     if tokens is not None:
         unknown = [t for t in tokens if t not in loaded_tokens(pipe)]
         if unknown:
-            raise TokenCollisionError(f"tokens {unknown} are not loaded; loaded: {loaded_tokens(pipe)}")
+            raise TokenCollisionError(
+                f"tokens {listed(unknown)} are not loaded; loaded: {listed(loaded_tokens(pipe)) or 'none'}"
+            )
     for key, state in list(states.items()):
         encoder = family.encoder(key)
         keep = [t for t in state.tokens if tokens is not None and t not in tokens]

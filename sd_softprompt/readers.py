@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .errors import FormatError, InvalidVectorsError
+from .errors import FormatError, InvalidVectorsError, listed
 from .keys import (
     DIFFUSERS_FILE,
     ENCODER_KEYS,
@@ -75,7 +75,8 @@ def decode(path: Path, token: str | None) -> Decoded:
         if matches(content):
             return reader(content, header, str(path))
     raise FormatError(
-        f"{path}: unknown embedding layout; keys found: {sorted(map(str, content))}; understood: {UNDERSTOOD_LAYOUTS}"
+        f"{path}: unknown embedding layout ({len(content)} keys: {listed(sorted(map(str, content)), 3, 24)}); "
+        f"understood: {UNDERSTOOD_LAYOUTS}"
     )
 
 
@@ -176,7 +177,9 @@ def _read_a1111(content: dict, header: dict[str, str], src: str) -> Decoded:
     if not isinstance(params, dict) or not params:
         raise FormatError(f"{src}: string_to_param is not a dict of tensors; the file is damaged")
     if "*" not in params and len(params) > 1:
-        raise FormatError(f"{src}: string_to_param holds several terms {sorted(params)}; expected one")
+        raise FormatError(
+            f"{src}: string_to_param holds several terms ({listed(sorted(map(str, params)))}); expected one"
+        )
     tensor = params.get("*", next(iter(params.values())))
     metadata = dict(header)
     for field_name, meta_key in _A1111_FIELDS:

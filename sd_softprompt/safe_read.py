@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from .errors import FormatError, UnsafeFileError
+from .errors import FormatError, UnsafeFileError, listed
 from .keys import UNDERSTOOD_LAYOUTS
 
 # A1111 "embedding images": the .pt dict as base64 JSON in this PNG text chunk, tensors written by
@@ -133,7 +133,7 @@ def _refusal(path: Path, message: str) -> str:
     # which in a plain pickle is often torch's own tensor hook rather than the payload.
     wanted = _foreign_globals(path) or re.findall(r"GLOBAL ([\w.]+)", message)
     if wanted:
-        reason = f"the pickle asks to run code ({', '.join(dict.fromkeys(wanted))})"
+        reason = f"the pickle asks to run code ({listed(list(dict.fromkeys(wanted)), 3)})"
     else:
         reason = f"the pickle is not plain data the safe loader accepts ({_loader_reason(message)})"
     return f"{path}: refused: {reason}; embedding files are data only. Ask for a .safetensors version."

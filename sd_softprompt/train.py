@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write, write_json
+from .atomic import atomic_write, bytes_writer, torch_bytes, write_json
 from .config import TrainConfig, check_config
 from .errors import ConfigError, TrainingDiverged
 from .families import Family, detect_family
@@ -77,7 +77,7 @@ def save_checkpoint(path: Path, cfg: TrainConfig, step: int, vectors, optimizer,
         "rng": {"seed": cfg.seed, "torch": torch.get_rng_state()},
         "losses": losses,
     }
-    atomic_write([(path, lambda tmp: torch.save(state, tmp))])
+    atomic_write([(path, bytes_writer(torch_bytes(state)))])  # in memory first: see atomic.py
 
 
 def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
-from .atomic import atomic_write
+from .atomic import atomic_write, bytes_writer, torch_bytes
 from .errors import SoftPromptError
 from .families import FAMILIES, Family
 from .keys import DIFFUSERS_FILE, ENCODER_KEYS, FORMAT_VERSION, FORMATS, UNASSIGNED
@@ -90,8 +90,9 @@ def _file_target(path: Path, prompt: SoftPrompt, suffix: str) -> Path:
 
 
 def _safetensors_job(target: Path, tensors: dict[str, torch.Tensor], header: dict[str, str]):
+    # Serialised in memory: a full disk then raises Python's OSError, not safetensors' own error type.
     tensors = {key: _cpu(tensor) for key, tensor in tensors.items()}
-    return target, lambda tmp: save_file(tensors, str(tmp), metadata=header)
+    return target, bytes_writer(safetensors_bytes(tensors, metadata=header))
 
 
 def _only(prompt: SoftPrompt) -> torch.Tensor:
@@ -170,7 +171,7 @@ def _write_a1111_pt(prompt: SoftPrompt, path: Path) -> list[Path]:
         "sd_checkpoint_name": prompt.metadata.get("base_model"),
     }
     target = _file_target(path, prompt, ".pt")
-    return atomic_write([(target, lambda tmp: torch.save(data, tmp))])
+    return atomic_write([(target, bytes_writer(torch_bytes(data)))])
 
 
 def _int_or_zero(value: str | None) -> int:
