@@ -1,4 +1,4 @@
-"""Soft prompts (learned prompt embeddings) for diffusers pipelines: SD 1.x/2.x, SDXL and Flux.
+"""Soft prompts (learned prompt embeddings) for diffusers pipelines: SD 1.x/2.x, SDXL, SD3 and Flux.
 
     from sd_softprompt import load_soft_prompt
     load_soft_prompt(pipe, "sunrise.safetensors")

@@ -78,7 +78,7 @@ def _os_message(error: OSError) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        description="Soft prompts (learned prompt embeddings) for SD 1.x/2.x, SDXL and Flux.",
+        description="Soft prompts (learned prompt embeddings) for SD 1.x/2.x, SDXL, SD3 and Flux.",
         formatter_class=_Formatter,
         epilog=f"example:\n  {PROG} demo\n  {PROG} <command> --help",
     )
@@ -125,10 +125,14 @@ def _soft_arg(parser: argparse.ArgumentParser) -> None:
 
 def _sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=30, help="inference steps (default %(default)s)")
-    parser.add_argument("--guidance", type=float, help="guidance scale (default: 7.5 for SD, 5 for SDXL, 3.5 for Flux)")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        help="guidance scale (default: the family's usual one: 7.5 for SD, 5 for SDXL, 7 for SD3, 3.5 for Flux)",
+    )
     parser.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
     parser.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
-    parser.add_argument("--negative-prompt", help="negative prompt (SD and SDXL; Flux takes none)")
+    parser.add_argument("--negative-prompt", help="negative prompt (SD, SDXL and SD3; Flux takes none)")
 
 
 def _add_generate(commands) -> None:

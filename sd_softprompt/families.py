@@ -1,4 +1,4 @@
-"""Model families: the one place that knows how SD 1.x/2.x, SDXL and Flux differ.
+"""Model families: the one place that knows how SD 1.x/2.x, SDXL, SD3 and Flux differ.
 
 A `Family` says which text encoders a pipeline has (and the soft prompt file key of each), how the
 pipeline turns prompts into the conditioning its denoiser consumes, how to call that denoiser, and what
@@ -82,6 +82,29 @@ def _encode_flux(pipe, prompts: list[str]) -> Cond:
     return {"states": states, "pooled": pooled}
 
 
+# SD3's default T5 window; the tiny pipelines' T5 tokenizer is shorter, and the window follows it.
+SD3_MAX_SEQUENCE_LENGTH = 256
+
+
+def _sd3_window(pipe) -> int:
+    return min(SD3_MAX_SEQUENCE_LENGTH, pipe.tokenizer_3.model_max_length)
+
+
+def _encode_sd3(pipe, prompts: list[str]) -> Cond:
+    # states: both CLIPs' penultimate states joined along the width (padded to T5's), then T5's along the
+    # sequence; pooled: both CLIPs' pooled projections joined
+    states, _, pooled, _ = pipe.encode_prompt(
+        prompt=prompts,
+        prompt_2=None,
+        prompt_3=None,
+        device=pipe.text_encoder.device,
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=False,
+        max_sequence_length=_sd3_window(pipe),
+    )
+    return {"states": states, "pooled": pooled}
+
+
 # ---------------------------------------------------------------- denoisers
 def _predict_sd(pipe, x_t, t, cond: Cond):
     return pipe.unet(x_t, t, encoder_hidden_states=cond["states"].to(x_t.dtype)).sample
@@ -121,6 +144,18 @@ def _predict_flux(pipe, x_t, t, cond: Cond):
     return pipe._unpack_latents(out, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor, pipe.vae_scale_factor)
 
 
+def _predict_sd3(pipe, x_t, t, cond: Cond):
+    """x_t: latents [B, C, h, w]; t: sigmas in [0, 1] (the transformer takes them x 1000, as the pipeline's
+    scheduler timesteps are). Returns the velocity."""
+    return pipe.transformer(
+        hidden_states=x_t,
+        timestep=(t * pipe.scheduler.config.num_train_timesteps).to(x_t.dtype),
+        encoder_hidden_states=cond["states"].to(x_t.dtype),
+        pooled_projections=cond["pooled"].to(x_t.dtype),
+        return_dict=False,
+    )[0]
+
+
 def _sd_call(pipe, negative_prompt: str | None) -> dict:
     return {} if negative_prompt is None else {"negative_prompt": negative_prompt}
 
@@ -134,12 +169,27 @@ def _flux_call(pipe, negative_prompt: str | None) -> dict:
     return {} if window == FLUX_MAX_SEQUENCE_LENGTH else {"max_sequence_length": window}
 
 
+def _sd3_call(pipe, negative_prompt: str | None) -> dict:
+    window = _sd3_window(pipe)
+    return _sd_call(pipe, negative_prompt) | (
+        {} if window == SD3_MAX_SEQUENCE_LENGTH else {"max_sequence_length": window}
+    )
+
+
 def _unet_size(pipe) -> int:
     return int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
 
 
 def _flux_size(pipe) -> int:
     return 128 * pipe.vae_scale_factor  # FluxPipeline.default_sample_size: 1024 px on the real model
+
+
+def _sd3_size(pipe) -> int:
+    return int(pipe.transformer.config.sample_size) * pipe.vae_scale_factor  # 1024 px on the real model
+
+
+def _sd3_latent(pipe, height: int, width: int):
+    return (pipe.transformer.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
 
 
 def _unet_latent(pipe, height: int, width: int):
@@ -205,6 +255,27 @@ FAMILIES: dict[str, Family] = {
         pipelines=("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
         state_tokenizers=("tokenizer_2",),  # both CLIPs tokenize alike; their states are joined along the width
         **_UNET,
+    ),
+    "sd3": Family(
+        "sd3",
+        "Stable Diffusion 3",
+        (
+            Encoder("clip_l", "tokenizer", "text_encoder", 768),
+            Encoder("clip_g", "tokenizer_2", "text_encoder_2", 1280),
+            Encoder("t5xxl", "tokenizer_3", "text_encoder_3", 4096),
+        ),
+        _encode_sd3,
+        _predict_sd3,
+        latent_shape=_sd3_latent,
+        objective="flow",
+        denoiser="transformer",
+        latent_patch=2,  # the transformer's 2x2 patches
+        native_size=_sd3_size,
+        guidance=7.0,
+        call_kwargs=_sd3_call,
+        pipelines=("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
+        state_tokenizers=("tokenizer", "tokenizer_3"),  # a 77-position CLIP segment, then T5's
+        formats=("native", "onetrainer"),  # ComfyUI and OneTrainer read SD3 embeddings; diffusers' SD3 has no loader
     ),
     "flux": Family(
         "flux",

@@ -18,7 +18,7 @@ from dataclasses import replace as replace_
 import torch
 from torch import nn
 
-from .errors import InvalidVectorsError, TokenCollisionError, WidthMismatchError, listed, shorten
+from .errors import ConfigError, InvalidVectorsError, TokenCollisionError, WidthMismatchError, listed, shorten
 from .families import Encoder, Family, detect_family
 from .format import UNASSIGNED, SoftPrompt
 
@@ -297,6 +297,12 @@ def load_soft_prompts(
             f"give one entry (or None) per soft prompt"
         )
     family = family or detect_family(pipe)
+    if any(aliases) and not callable(getattr(pipe, "maybe_convert_prompt", None)):
+        # SD3's pipelines never pass prompts through diffusers' hook: an alias would silently do nothing
+        raise ConfigError(
+            f"alias {listed([a for a in aliases if a])}: {type(pipe).__name__} has no prompt hook "
+            f"(maybe_convert_prompt) to expand an alias in; leave the alias out and write the tokens in the prompt"
+        )
     plans = [_plan(pipe, family, *args, allow_shadowing) for args in zip(sources, tokens, aliases)]
     _check_between(plans)
     swap = _check_vocab(pipe, plans, replace)

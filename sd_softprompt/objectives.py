@@ -263,7 +263,7 @@ class ImageObjective:
         multiple = pipe.vae_scale_factor * family.latent_patch
         if cfg.resolution % multiple:
             raise ConfigError(f"--resolution {cfg.resolution}: a {family.name} model needs a multiple of {multiple}")
-        shift = vae.config.get("shift_factor") or 0.0  # Flux's VAE latents are shifted, SD's are not
+        shift = vae.config.get("shift_factor") or 0.0  # Flux's and SD3's VAE latents are shifted, SD's are not
         latents, self.captions = [], []
         with torch.no_grad():  # the VAE runs once per image, never per step
             for p in paths:

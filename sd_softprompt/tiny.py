@@ -340,6 +340,68 @@ def build_sdxl(seed: int = 0):
     )
 
 
+def _t5(vocab_size: int, d_model: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=vocab_size,
+            d_model=d_model,
+            d_kv=12,
+            d_ff=2 * d_model,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+            is_encoder_decoder=False,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
+
+
+def build_sd3(seed: int = 0):
+    """A tiny StableDiffusion3Pipeline: CLIP-L-like (32 wide) + bigG-like (48 wide), both with projections
+    and the legacy eos id, + T5 (96 wide: SD3 pads the joined CLIP states to T5's width, so it is the widest)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2, tokenizer_3 = clip_tokenizer(), clip_tokenizer(pad_token="!"), t5_tokenizer()
+    w1, w2, w3, proj = 32, 48, 96, 16
+    text_encoder = CLIPTextModelWithProjection(clip_text_config(len(tokenizer), w1, projection=proj))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(len(tokenizer_2), w2, gelu=True, projection=proj))
+    transformer = SD3Transformer2DModel(
+        sample_size=8,  # 64 px images
+        patch_size=2,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=w3,
+        caption_projection_dim=16,
+        pooled_projection_dim=2 * proj,
+        out_channels=4,
+        pos_embed_max_size=16,
+    )
+    vae = _vae(
+        latent_channels=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5305
+    )
+    return _eval(
+        StableDiffusion3Pipeline(
+            transformer=transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            text_encoder_3=_t5(len(tokenizer_3), w3),
+            tokenizer_3=tokenizer_3,
+        )
+    )
+
+
 def build_flux(seed: int = 0):
     """A tiny FluxPipeline: CLIP-L-like (32 wide, pooled) + T5 encoder (48 wide), guidance-distilled like dev."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
@@ -398,6 +460,7 @@ BUILDERS = {
     "sd2": lambda seed=0: build_sd(2, seed),
     "sdxl": build_sdxl,
     "flux": build_flux,
+    "sd3": build_sd3,
 }
 
 

@@ -36,6 +36,11 @@ def flux():
     return tiny.build_flux()
 
 
+@pytest.fixture
+def sd3():
+    return tiny.build_sd3()
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     """Tiny pipelines saved with save_pretrained, built once per session, by family."""

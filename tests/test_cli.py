@@ -35,6 +35,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     SoftPrompt({"clip_l": torch.randn(3, 32, generator=g), "t5xxl": torch.randn(3, 48, generator=g)}).save(
         root / "flux.safetensors"
     )
+    sd3 = {"clip_l": torch.randn(3, 32, generator=g), "clip_g": torch.randn(3, 48, generator=g)}
+    SoftPrompt(sd3 | {"t5xxl": torch.randn(3, 96, generator=g)}).save(root / "sd3.safetensors")
     (root / "garbage.safetensors").write_bytes(b"this is not an embedding" * 8)
     (root / "not-a-pipeline").mkdir()
     (root / "empty").mkdir()
@@ -43,6 +45,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "sd1": root / "sd1.safetensors",
         "sdxl": root / "sdxl.safetensors",
         "flux": root / "flux.safetensors",
+        "sd3": root / "sd3.safetensors",
         "garbage": root / "garbage.safetensors",
         "missing": root / "missing.safetensors",
         "not_a_pipeline": root / "not-a-pipeline",
@@ -137,6 +140,45 @@ def test_inspect(tiny_dirs, files, capsys):
     report = json.loads(stdout)
     assert code == 0 and report["model"]["family"] == "sd1"
     assert [len(n) for n in report["encoders"][0]["nearest"]] == [2, 2, 2]
+
+
+def test_sd3_train_one_encoder_then_inspect_and_grid(tiny_dirs, files, tmp_path, capsys):
+    """SD3 through the CLI: train T5's vectors only (--encoders), inspect the file against the model, grid it."""
+    model, soft = tiny_dirs("sd3"), tmp_path / "sd3.safetensors"
+    code, stdout, _ = _run(
+        capsys, "train", "--model", model, "--target", "a misty lake at sunrise", "--vectors", "2", "--steps", "3",
+        "--loss", "sequence", "--encoders", "t5xxl", "--eval-samples", "2", "--probe-size", "64", "--out", soft,
+    )  # fmt: skip
+    assert code == 0 and str(soft) in stdout
+    trained = SoftPrompt.load(soft)
+    assert trained.metadata["family"] == "sd3" and trained.metadata["trained_encoders"] == "t5xxl"
+    assert {k: tuple(v.shape) for k, v in trained.vectors.items()} == {
+        "clip_l": (2, 32),
+        "clip_g": (2, 48),
+        "t5xxl": (2, 96),
+    }
+    code, stdout, _ = _run(capsys, "inspect", soft, "--model", model, "--json")
+    report = json.loads(stdout)
+    assert code == 0 and report["model"]["family"] == "sd3"
+    assert sorted(e["text_encoder"] for e in report["encoders"]) == ["text_encoder", "text_encoder_2", "text_encoder_3"]
+    out = tmp_path / "sd3grid.png"
+    code, _, _ = _run(
+        capsys,
+        "grid",
+        "--model",
+        model,
+        "--soft",
+        soft,
+        "--prompt",
+        "[v1][v2] lake",
+        "--seeds",
+        "0",
+        *FAST,
+        "--out",
+        out,
+    )
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert code == 0 and record["family"] == "sd3" and record["guidance"] == 7.0
 
 
 def test_convert(files, tmp_path, capsys):
@@ -294,6 +336,7 @@ def _bad_cases():
         ("convert-missing", lambda d, f: ["convert", f["missing"], "--to", "kohya"], "missing"),
         ("convert-garbage", lambda d, f: ["convert", f["garbage"], "--to", "kohya"], "garbage"),
         ("convert-no-layout", lambda d, f: ["convert", f["flux"], "--to", "a1111"], "a1111 cannot hold a flux"),
+        ("convert-sd3-no-layout", lambda d, f: ["convert", f["sd3"], "--to", "diffusers"], "native, onetrainer"),
         (
             "train-missing-model",
             lambda d, f: ["train", "--model", f["no_model"], "--target", "a b c", "--steps", "1"],

@@ -1,4 +1,4 @@
-"""SDXL and Flux at the level of SD 1.x: both encoders, both modes, the measure."""
+"""SDXL, SD3 and Flux at the level of SD 1.x: every encoder, both modes, the measure."""
 
 import pytest
 import torch
@@ -12,9 +12,11 @@ from sd_softprompt.train import TrainConfig, train
 HARD = "image of serene landscape at sunrise with trees mountains and lake"
 
 
-def test_detects_each_family(sd1, sd2, sdxl, flux):
-    assert [detect_family(p).name for p in (sd1, sd2, sdxl, flux)] == ["sd1", "sd2", "sdxl", "flux"]
+def test_detects_each_family(sd1, sd2, sdxl, flux, sd3):
+    found = [detect_family(p).name for p in (sd1, sd2, sdxl, flux, sd3)]
+    assert found == ["sd1", "sd2", "sdxl", "flux", "sd3"]
     assert FAMILIES["sdxl"].keys == ("clip_l", "clip_g") and FAMILIES["flux"].keys == ("clip_l", "t5xxl")
+    assert FAMILIES["sd3"].keys == ("clip_l", "clip_g", "t5xxl")
 
 
 def test_unsupported_pipeline_names_the_supported_families():
@@ -34,7 +36,7 @@ def test_unsupported_pipeline_names_the_supported_families():
         detect_family(pipe)
 
 
-@pytest.mark.parametrize("family", ["sdxl", "flux"])
+@pytest.mark.parametrize("family", ["sdxl", "flux", "sd3"])
 def test_text_mode_beats_baselines(family, request, tmp_path):
     pipe = request.getfixturevalue(family)
     cfg = TrainConfig(
@@ -61,7 +63,7 @@ def test_text_mode_beats_baselines(family, request, tmp_path):
         assert d["ratio_to_first_n_words"] < 0.6 and d["ratio_to_empty"] < 0.5, (where, d)
 
 
-@pytest.mark.parametrize("family", ["sdxl", "flux"])
+@pytest.mark.parametrize("family", ["sdxl", "flux", "sd3"])
 def test_image_mode_runs(family, request, tmp_path):
     pipe = request.getfixturevalue(family)
     folder = tmp_path / "pics"
@@ -131,3 +133,30 @@ def test_flux_resolution_must_fit_packed_latents(flux, tmp_path):
     with pytest.raises(ConfigError, match="--resolution 72: a flux model needs a multiple of 16"):
         train(cfg, pipe=flux)
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_sd3_image_mode_lowers_its_fixed_batch_loss(sd3, tmp_path):
+    """Textual inversion on SD3: flow matching through SD3Transformer2DModel on latents its VAE shifted and
+    scaled; the same batch (images, noise, sigmas) scores lower after training than before."""
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for name in ("a", "b"):
+        Image.fromarray((torch.rand(64, 64, 3, generator=g) * 255).to(torch.uint8).numpy()).save(folder / f"{name}.png")
+    cfg = TrainConfig(
+        model="tiny-sd3",
+        out=str(tmp_path / "ti.safetensors"),
+        mode="images",
+        images=str(folder),
+        vectors=2,
+        steps=30,
+        lr=5e-2,
+        warmup=0,
+        resolution=64,
+        batch_size=4,
+        init="random",
+        progress=False,
+        checkpoint_every=0,
+    )
+    fixed = train(cfg, pipe=sd3).metrics["fixed_batch_loss"]
+    assert fixed["after"] < fixed["before"], fixed

@@ -33,8 +33,10 @@ FAMILY_KEYS = {
     "sd2": {"clip_h": 1024},
     "sdxl": {"clip_l": 768, "clip_g": 1280},
     "flux": {"clip_l": 768, "t5xxl": 4096},
+    "sd3": {"clip_l": 768, "clip_g": 1280, "t5xxl": 4096},
 }
-IMPOSSIBLE = {("a1111", "flux"), ("kohya", "flux")}
+HOLDERS = {"flux": "native, diffusers, onetrainer", "sd3": "native, onetrainer"}  # the formats that can
+IMPOSSIBLE = {("a1111", "flux"), ("kohya", "flux"), ("diffusers", "sd3"), ("a1111", "sd3"), ("kohya", "sd3")}
 
 
 def vectors(n: int, width: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
@@ -87,6 +89,11 @@ def test_family_from_metadata_and_unknown(tmp_path):
     assert t5_only.family is None
     assert SoftPrompt.load(t5_only.save(tmp_path / "t5", "onetrainer")[0]).vectors.keys() == {"t5xxl"}
     assert SoftPrompt({"t5xxl": vectors(2, 4096)}, metadata={"family": "flux"}).family == "flux"
+    # Flux's and SD3's: only the formats both hold, unless the family is said
+    with pytest.raises(SoftPromptError, match=r"diffusers cannot hold a sd3/flux .* set metadata\['family'\]"):
+        t5_only.save(tmp_path / "t5d", "diffusers")
+    t5_only.metadata["family"] = "flux"
+    assert t5_only.save(tmp_path / "t5d", "diffusers")[0].name == "learned_embeds.safetensors"
     assert SoftPrompt({"clip_l": vectors(2, 768)}, metadata={"family": "sdxl"}).family == "sdxl"
     assert SoftPrompt({"clip_l": vectors(2, 768), "clip_h": vectors(2, 1024)}).family is None
 
@@ -100,7 +107,9 @@ def test_round_trip(tmp_path, format_name, family):
     original = make_prompt(family)
     target = tmp_path / "out" / f"{format_name}-{family}"
     if (format_name, family) in IMPOSSIBLE:
-        with pytest.raises(SoftPromptError, match="formats that can: native, diffusers, onetrainer"):
+        with pytest.raises(
+            SoftPromptError, match=f"{format_name} cannot hold a {family} .*formats that can: {HOLDERS[family]}$"
+        ):
             original.save(target, format_name)
         assert not (tmp_path / "out").exists()
         return
@@ -183,6 +192,8 @@ def test_a1111_pt_layout_is_plain_data(tmp_path):
         ("a1111", "sdxl", {"clip_l", "clip_g"}),
         ("onetrainer", "flux", {"clip_l", "t5"}),
         ("native", "flux", {"clip_l", "t5xxl"}),
+        ("onetrainer", "sd3", {"clip_l", "clip_g", "t5"}),
+        ("native", "sd3", {"clip_l", "clip_g", "t5xxl"}),
     ],
 )
 def test_written_keys(tmp_path, format_name, family, keys):

@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 from sd_softprompt.errors import ConfigError, UnsupportedPipelineError
+from sd_softprompt.families import detect_family
 from sd_softprompt.format import SoftPrompt
 from sd_softprompt.generate import generate, grid_caption, run_grid
 from sd_softprompt.grid import grid_geometry
-from sd_softprompt.loader import load_soft_prompt
+from sd_softprompt.loader import load_soft_prompt, unload_soft_prompt
 from sd_softprompt.pipeline import load_pipeline, resolve_dtype
 
 FAST = dict(steps=2, guidance=5.0, height=64, width=64)
@@ -29,10 +30,15 @@ def _draw(pipe, prompt, seed=0, negative_prompt=None):
 
 
 def _soft(pipe, seed: int, n: int = 3) -> SoftPrompt:
-    """Random vectors at a norm a few times the vocabulary's, so they visibly steer the tiny model."""
-    table = pipe.text_encoder.get_input_embeddings().weight.detach()
-    vectors = torch.randn(n, table.shape[1], generator=torch.Generator().manual_seed(seed))
-    return SoftPrompt({"clip_l": vectors / vectors.norm(dim=1, keepdim=True) * table.norm(dim=1).mean() * 5})
+    """Random vectors for every encoder at a norm a few times its vocabulary's, so they visibly steer the
+    tiny model."""
+    g = torch.Generator().manual_seed(seed)
+    vectors = {}
+    for encoder in detect_family(pipe).encoders:
+        table = getattr(pipe, encoder.text_encoder).get_input_embeddings().weight.detach()
+        v = torch.randn(n, table.shape[1], generator=g)
+        vectors[encoder.key] = v / v.norm(dim=1, keepdim=True) * table.norm(dim=1).mean() * 5
+    return SoftPrompt(vectors)
 
 
 def test_grid_size_labels_and_record(sd1, tmp_path):
@@ -89,9 +95,20 @@ def test_soft_prompt_changes_the_image(sd1):
     assert np.abs(with_a.astype(int) - with_b).mean() > 1  # the vectors matter, not just the extra tokens
 
 
-def test_sdxl_and_flux(sdxl, flux):
-    assert _draw(_quiet(sdxl), "mountain view", negative_prompt="blurry").shape == (64, 64, 3)
-    assert _draw(_quiet(flux), "mountain view").shape == (64, 64, 3)
+@pytest.mark.parametrize("family", ["sdxl", "flux", "sd3"])
+def test_soft_prompt_changes_the_picture_and_unload_restores_it(family, request):
+    pipe = _quiet(request.getfixturevalue(family))
+    negative = None if family == "flux" else "blurry"  # Flux takes no negative prompt (tested below)
+    plain = _draw(pipe, "[v1][v2][v3] mountain view", negative_prompt=negative)
+    assert plain.shape == (64, 64, 3)
+    load_soft_prompt(pipe, _soft(pipe, 0))
+    steered = _draw(pipe, "[v1][v2][v3] mountain view", negative_prompt=negative)
+    assert np.abs(steered.astype(int) - plain).mean() > 1
+    unload_soft_prompt(pipe)
+    assert np.array_equal(_draw(pipe, "[v1][v2][v3] mountain view", negative_prompt=negative), plain)
+
+
+def test_flux_refuses_a_negative_prompt(flux):
     with pytest.raises(ConfigError, match="no negative prompt"):
         _draw(flux, "mountain view", negative_prompt="blurry")
 

@@ -67,7 +67,7 @@ def test_with_and_without_spaces(sd1):
     )
 
 
-@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl", "flux"])
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl", "flux", "sd3"])
 def test_unload_restores_exactly_and_repeats(family, request):
     pipe = request.getfixturevalue(family)
     before = snapshot(pipe)
@@ -203,3 +203,11 @@ def test_in_memory_soft_prompt_is_validated(sd1):
     with pytest.raises(InvalidVectorsError, match="non-finite|NaN|finite"):
         load_soft_prompt(sd1, bad)
     assert loaded_tokens(sd1) == []
+
+
+def test_alias_refused_where_the_pipeline_has_no_prompt_hook(sd3):
+    from sd_softprompt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="StableDiffusion3Pipeline has no prompt hook"):
+        load_soft_prompt(sd3, soft_for(sd3), alias="<sunrise>")
+    assert loaded_tokens(sd3) == []
