@@ -237,11 +237,27 @@ def _add_convert(commands) -> None:
         "convert",
         "Rewrite a soft prompt file in another tool's format.",
         f"{PROG} convert sunrise.safetensors --to a1111 --out sunrise.pt\n"
-        f"  {PROG} convert learned_embeds.safetensors learned_embeds_2.safetensors --to native --out sunrise.safetensors",
+        f"  {PROG} convert learned_embeds.safetensors learned_embeds_2.safetensors --to native --out sunrise.safetensors\n"
+        f"  {PROG} convert sunrise.safetensors --to bundle --lora style.safetensors --out style_sunrise.safetensors\n"
+        f"  {PROG} convert style_sunrise.safetensors --embedding sunrise --to native --out sunrise.safetensors",
         _convert,
     )
-    p.add_argument("files", nargs="+", metavar="FILE", help="the file, or two files of a diffusers SDXL pair")
-    p.add_argument("--to", required=True, choices=FORMATS, help="target format")
+    p.add_argument(
+        "files", nargs="+", metavar="FILE", help="the file, two files of a diffusers SDXL pair, or a LoRA with a bundle"
+    )
+    p.add_argument(
+        "--to",
+        required=True,
+        choices=(*FORMATS, "bundle"),
+        help="target format; bundle: a copy of --lora with the soft prompt added as bundle_emb.NAME.*",
+    )
+    p.add_argument("--lora", metavar="LORA", help="with --to bundle: the LoRA .safetensors file to copy (unchanged)")
+    p.add_argument(
+        "--embedding",
+        metavar="NAME",
+        help="a LoRA FILE with several bundled soft prompts: the one to convert; with --to bundle: its name "
+        "in the bundle (default: the soft prompt's name)",
+    )
     p.add_argument("--out", required=True, help="file (or folder, for diffusers) to write")
 
 
@@ -461,13 +477,18 @@ def _mix(args) -> int:
 
 
 def _inspect(args) -> int:
-    from .format import SoftPrompt
+    from .format import load_all
     from .inspection import format_inspection, inspect_file
 
-    soft = SoftPrompt.load(args.file)  # read once; a bad file fails before the model loads
+    softs = load_all(args.file)  # read once (every embedding of a LoRA bundle); a bad file fails before the model
     pipe = _load(args) if args.model else None
-    report = inspect_file(soft, pipe, top_k=args.top_k)
-    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_inspection(report))
+    reports = [inspect_file(soft, pipe, top_k=args.top_k) for soft in softs]
+    if args.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, ensure_ascii=False))
+        return 0
+    if softs[0].source_format.startswith("lora-bundle"):
+        print(f"{args.file}: a LoRA file with {len(softs)} bundled soft prompt(s): {', '.join(s.name for s in softs)}")
+    print("\n\n".join(format_inspection(report) for report in reports))
     return 0
 
 
@@ -485,7 +506,11 @@ def _convert(args) -> int:
     from .format import convert
 
     source = args.files[0] if len(args.files) == 1 else args.files
-    for path in convert(source, args.to, args.out):
+    if args.lora and args.to != "bundle":
+        raise SoftPromptError(
+            f"--lora is for --to bundle (a copy of the LoRA with the soft prompt added), not --to {args.to}"
+        )
+    for path in convert(source, args.to, args.out, lora=args.lora, embedding=args.embedding):
         print(f"wrote {path} ({args.to})")
     return 0
 
@@ -521,15 +546,23 @@ def _pipeline_with_soft(args):
     """Read every --soft file (once), load the model, then load the soft prompts into it.
     Returns the pipeline, its family (detected once, for the rest of the command) and the files."""
     from .families import detect_family
-    from .format import SoftPrompt
+    from .format import load_all
     from .loader import load_soft_prompts
 
     specs = [_parse_soft(spec) for spec in args.soft]
-    softs = [SoftPrompt.load(path) for path, _ in specs]  # a bad file fails before the (slow) model load
+    softs, names = [], []  # a LoRA file may bundle several soft prompts: each loads under its own name
+    for path, tokens in specs:
+        read = load_all(path)  # a bad file fails before the (slow) model load
+        if tokens and len(read) > 1:
+            raise SoftPromptError(
+                f"{path}: bundles {len(read)} soft prompts, each under its own name; =TOKENS renames one"
+            )
+        softs += read
+        names += [tokens] * len(read)
     pipe = _load(args)
     family = detect_family(pipe)
     # One call: token clashes between the files are refused before anything loads, each table grows once.
-    load_soft_prompts(pipe, softs, [tokens for _, tokens in specs], family=family, allow_shadowing=args.allow_shadowing)
+    load_soft_prompts(pipe, softs, names, family=family, allow_shadowing=args.allow_shadowing)
     return pipe, family, [path for path, _ in specs]
 
 

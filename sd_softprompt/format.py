@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .bundles import bundle_names, bundle_tokens, looks_like_lora, read_bundle, write_bundle
 from .errors import FormatError, InvalidVectorsError, SoftPromptError, listed, shorten
 from .keys import (
     ENCODER_KEYS,
@@ -39,6 +40,9 @@ __all__ = [
     "default_tokens",
     "SoftPrompt",
     "convert",
+    "load_bundle",
+    "load_all",
+    "bundle_into_lora",
 ]
 
 
@@ -130,9 +134,63 @@ def _same(a: tuple, b: tuple) -> bool:
     )
 
 
-def convert(src: PathLike | Sequence[PathLike], to: str, out: PathLike) -> list[Path]:
-    """Load ``src`` in whatever layout it has and save it as format ``to`` at ``out``."""
-    return SoftPrompt.load(src).save(out, format=to)
+def convert(
+    src: PathLike | Sequence[PathLike],
+    to: str,
+    out: PathLike,
+    *,
+    lora: PathLike | None = None,
+    embedding: str | None = None,
+) -> list[Path]:
+    """Load ``src`` in whatever layout it has and save it as format ``to`` at ``out``.
+
+    ``to="bundle"``: a copy of the LoRA file ``lora`` with the soft prompt added (named ``embedding``, default
+    its own name). A LoRA file as ``src``: ``embedding`` picks one of its bundled embeddings.
+    """
+    if embedding is not None and not isinstance(src, (list, tuple)) and bundle_names(Path(src)):
+        bundled = load_bundle(src)
+        if embedding not in bundled:
+            raise FormatError(f"{src}: no bundled embedding {embedding!r}; it holds {', '.join(bundled)}")
+        soft = bundled[embedding]
+    else:
+        soft = SoftPrompt.load(src)
+    if to == "bundle":
+        if lora is None:
+            raise SoftPromptError("--to bundle needs --lora LORA.safetensors: the LoRA file to add the soft prompt to")
+        return [bundle_into_lora(soft, lora, out, name=embedding)]
+    return soft.save(out, format=to)
+
+
+def bundle_into_lora(soft: SoftPrompt, lora: PathLike, out: PathLike, name: str | None = None) -> Path:
+    """Write a copy of the LoRA file ``lora`` at ``out`` with ``soft`` bundled as ``bundle_emb.<name>.*``
+    (default name: the soft prompt's); the LoRA's tensors and header are copied byte for byte."""
+    soft.validate(soft.origin or "<memory>")
+    return write_bundle(soft, Path(lora), Path(out), name or soft.name)
+
+
+def load_bundle(path: PathLike) -> dict[str, SoftPrompt]:
+    """Every soft prompt bundled in a LoRA file, by name, in file order ({} when it has none).
+
+    Each gets the tokens ``NAME, NAME_1, ..., NAME_{N-1}``, so ``NAME`` in a prompt expands to all N (the
+    pipelines' ``maybe_convert_prompt``), as A1111 and diffusers' multi-vector embeddings are used.
+    """
+    out = {}
+    for name, (decoded, recorded) in read_bundle(Path(path)).items():
+        metadata = {k: v for k, v in recorded.items() if k != "tokens"} | {"name": name}
+        soft = SoftPrompt(decoded.vectors, metadata=metadata, source_format=decoded.source_format)
+        soft.notes = list(decoded.notes)
+        soft.tokens = bundle_tokens(name, soft.num_vectors)
+        soft.origin = f"{path}::{name}"
+        soft.validate(soft.origin)
+        out[name] = soft
+    return out
+
+
+def load_all(path: PathLike | Sequence[PathLike]) -> list[SoftPrompt]:
+    """The soft prompts a path holds: every embedding of a LoRA bundle, else the one `SoftPrompt.load` reads."""
+    if not isinstance(path, (list, tuple)) and Path(path).is_file() and bundle_names(Path(path)):
+        return list(load_bundle(path).values())
+    return [SoftPrompt.load(path)]
 
 
 # Floating dtypes torch can only store, not compute with (isfinite, norm, matmul): widened to float32 on the
@@ -248,6 +306,19 @@ def _check_tokens(tokens: list[str] | None, n: int, source: str) -> None:
 
 
 def _load_file(path: Path, token: str | None) -> SoftPrompt:
+    names = bundle_names(path)
+    if len(names) == 1:
+        return load_bundle(path)[names[0]]
+    if names:
+        raise FormatError(
+            f"{path}: a LoRA file with {len(names)} bundled embeddings ({', '.join(names)}); load them all with "
+            f"load_soft_prompt(pipe, path) / --soft, or pick one: load_bundle(path)[name], convert --embedding NAME"
+        )
+    if looks_like_lora(path):
+        raise FormatError(
+            f"{path}: a LoRA file without bundled embeddings (no bundle_emb.* keys); load its weights with "
+            f"pipe.load_lora_weights, or add a soft prompt: convert SOFT --to bundle --lora {path} --out NEW"
+        )
     decoded = decode(path, token)
     return _build(decoded, token, str(path))
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from .errors import ConfigError, InvalidVectorsError, TokenCollisionError, WidthMismatchError, listed, shorten
 from .families import Encoder, Family, detect_family
-from .format import UNASSIGNED, SoftPrompt
+from .format import UNASSIGNED, SoftPrompt, load_all
 
 _STATE_ATTR = "_sd_softprompt_state"
 
@@ -205,15 +205,17 @@ class _Plan:
 Source = SoftPrompt | str | os.PathLike | Sequence[str | os.PathLike]
 
 
-def _plan(
-    pipe, family: Family, source: Source, tokens: Sequence[str] | None, alias: str | None, allow_shadowing: bool
-) -> _Plan:
+def _read(source: Source) -> list[SoftPrompt]:
+    """The soft prompts a source stands for: a LoRA file may bundle several, anything else is one."""
     if isinstance(source, SoftPrompt):
-        name = source.origin or f"<memory>: {source.name}"  # origin: the file(s) it was read from
-        soft = source
-    else:
-        name = " + ".join(map(str, source)) if isinstance(source, (list, tuple)) else str(source)
-        soft = SoftPrompt.load(source)
+        return [source]
+    return load_all(source)
+
+
+def _plan(
+    pipe, family: Family, soft: SoftPrompt, tokens: Sequence[str] | None, alias: str | None, allow_shadowing: bool
+) -> _Plan:
+    name = soft.origin or f"<memory>: {soft.name}"  # origin: the file(s) it was read from
     soft.validate(name)  # an in-memory SoftPrompt gets a file's checks (a no-op for one already checked)
     pairs = assign_encoders(pipe, family, soft, name)
     tokens = list(tokens) if tokens is not None else list(soft.tokens)
@@ -285,8 +287,9 @@ def load_soft_prompts(
     tokenizer, is refused naming the files. Each embedding table is then grown once for all of them (one
     copy of a 49k-row table instead of one per file). `tokens[i]` renames file i's tokens; `aliases[i]`
     gives it an alias (see `load_soft_prompt`). Each source may be a path, a `SoftPrompt`, or a
-    [clip_l file, clip_g file] diffusers SDXL pair. `family`: the pipeline's, when the caller has it already.
-    `allow_shadowing`: see `load_soft_prompt`.
+    [clip_l file, clip_g file] diffusers SDXL pair; a LoRA file with bundled soft prompts loads every one of
+    them, each as its own entry, under the tokens `NAME, NAME_1, ...` (see `format.load_bundle`). `family`: the
+    pipeline's, when the caller has it already. `allow_shadowing`: see `load_soft_prompt`.
     """
     sources = list(sources)
     tokens = list(tokens) if tokens is not None else [None] * len(sources)
@@ -303,7 +306,17 @@ def load_soft_prompts(
             f"alias {listed([a for a in aliases if a])}: {type(pipe).__name__} has no prompt hook "
             f"(maybe_convert_prompt) to expand an alias in; leave the alias out and write the tokens in the prompt"
         )
-    plans = [_plan(pipe, family, *args, allow_shadowing) for args in zip(sources, tokens, aliases)]
+    plans: list[_Plan] = []
+    counts: list[int] = []  # plans per source: a LoRA file may bundle several soft prompts
+    for source, names, alias in zip(sources, tokens, aliases):
+        softs = _read(source)
+        if len(softs) > 1 and (names is not None or alias is not None):
+            raise TokenCollisionError(
+                f"{source}: bundles {len(softs)} soft prompts, each loaded under its own name; tokens and aliases "
+                f"rename one soft prompt: pick it with sd_softprompt.format.load_bundle(path)[name]"
+            )
+        plans += [_plan(pipe, family, soft, names, alias, allow_shadowing) for soft in softs]
+        counts.append(len(softs))
     _check_between(plans)
     swap = _check_vocab(pipe, plans, replace)
     if swap:
@@ -333,7 +346,11 @@ def load_soft_prompts(
         )
         if plan.alias:
             _aliases(pipe)[plan.alias] = plan.tokens
-    return [plan.tokens for plan in plans]
+    out, start = [], 0
+    for count in counts:
+        out.append([t for plan in plans[start : start + count] for t in plan.tokens])
+        start += count
+    return out
 
 
 def load_soft_prompt(

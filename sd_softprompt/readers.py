@@ -69,13 +69,18 @@ def decode(path: Path, token: str | None) -> Decoded:
         raise FormatError(
             f"{path}: holds a {type(content).__name__}, not a dict of tensors; understood: {UNDERSTOOD_LAYOUTS}"
         )
+    return decode_content(content, header, str(path))
+
+
+def decode_content(content: dict, header: dict[str, str], src: str) -> Decoded:
+    """Pick the layout reader for a dict of tensors (a file's, or one embedding of a LoRA bundle)."""
     if not content:
-        raise InvalidVectorsError(f"{path}: holds no tensors; it is not a usable embedding")
+        raise InvalidVectorsError(f"{src}: holds no tensors; it is not a usable embedding")
     for matches, reader in _READERS:
         if matches(content):
-            return reader(content, header, str(path))
+            return reader(content, header, src)
     raise FormatError(
-        f"{path}: unknown embedding layout ({len(content)} keys: {listed(sorted(map(str, content)), 3, 24)}); "
+        f"{src}: unknown embedding layout ({len(content)} keys: {listed(sorted(map(str, content)), 3, 24)}); "
         f"understood: {UNDERSTOOD_LAYOUTS}"
     )
 

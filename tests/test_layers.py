@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     {"keys", "tiny", "toyworld.world"},  # file vocabulary (built from the family table); tiny pipelines
     {"safe_read", "toyworld.judge", "toyworld.model", "toyworld.__init__"},
     {"readers", "writers"},
+    {"bundles"},  # LoRA files with bundle_emb.* soft prompts (uses the readers)
     {"format"},  # SoftPrompt and load/save/convert
     {"loader", "pipeline", "images", "mixing"},  # mixing: sums, concatenation, strength of SoftPrompts
     {"inspection", "generate", "measure"},
