@@ -318,6 +318,10 @@ _TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "norm_weight": ("--norm-weight", {"type": float, "help": "pull vector norms towards the vocabulary's"}),
     "encoders": ("--encoders", {"nargs": "+", "metavar": "KEY", "help": "train only these encoder keys (e.g. t5xxl)"}),
     "tokens": ("--tokens", {"nargs": "+", "metavar": "TOKEN", "help": "placeholder token names (default [v1]..[vN])"}),
+    "allow_shadowing": (
+        "--allow-shadowing",
+        {"action": "store_true", "help": "allow --tokens that are words of the model's vocabulary (they replace it)"},
+    ),
     "name": ("--name", {"help": "name stored in the file (default: the file stem)"}),
     "resolution": ("--resolution", {"type": int, "help": "images mode: training resolution"}),
     "flip": ("--no-flip", {"action": "store_false", "help": "images mode: no random horizontal flips"}),

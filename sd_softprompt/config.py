@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, listed
 from .format import MAX_VECTORS
 from .images import scan_images
+from .loader import check_token_names
 from .objectives import OBJECTIVES, get_loss
 
 
@@ -38,6 +40,7 @@ class TrainConfig:
     norm_weight: float = 0.0  # >0 pulls vector norms towards the vocabulary's mean norm
     encoders: list[str] | None = None  # train only these encoder keys (e.g. ["t5xxl"]); default all
     tokens: list[str] | None = None  # placeholder names (default [v1]..[vN])
+    allow_shadowing: bool = False  # allow tokens that are words of the model's vocabulary (they replace that word)
     name: str | None = None
     # images mode
     resolution: int = 512
@@ -71,13 +74,16 @@ def check_config(cfg: TrainConfig) -> None:
         )
     if cfg.mode == "images":
         scan_images(cfg.images)
-    if not 1 <= cfg.vectors <= MAX_VECTORS:
+    if not isinstance(cfg.vectors, int) or not 1 <= cfg.vectors <= MAX_VECTORS:
         raise ConfigError(f"--vectors must be between 1 and {MAX_VECTORS}, not {cfg.vectors}")
-    if min(cfg.steps, cfg.batch_size, cfg.grad_accum, cfg.probe_pool, cfg.eval_samples) < 1:
-        raise ConfigError("--steps, --batch-size, --grad-accum, --probe-pool and --eval-samples must be at least 1")
+    _check_numbers(cfg)
+    if cfg.tokens is not None:
+        check_token_names(list(cfg.tokens), "--tokens")  # whitespace; words of the vocabulary need the model
     get_loss(cfg.loss)  # ConfigError naming the losses for any other name
     if cfg.init not in ("hard", "random", "words") or (cfg.init == "words" and not cfg.init_words):
         raise ConfigError('--init must be hard, random or words (words needs --init-words "...")')
+    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, not {cfg.mixed_precision!r}")
     if cfg.schedule not in ("constant", "cosine"):
         raise ConfigError(f"--schedule must be constant or cosine, not {cfg.schedule!r}")
     out = cfg.out_path
@@ -93,3 +99,48 @@ def check_config(cfg: TrainConfig) -> None:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK):
         raise ConfigError(f"{out}: cannot write there ({probe} is not a writable folder); choose another --out")
+
+
+# flag -> (field, smallest meaningful value, whether that value itself is allowed, whole numbers only)
+_NUMBERS = {
+    "--steps": ("steps", 1, True, True),
+    "--lr": ("lr", 0, False, False),
+    "--batch-size": ("batch_size", 1, True, True),
+    "--grad-accum": ("grad_accum", 1, True, True),
+    "--warmup": ("warmup", 0, True, True),
+    "--max-grad-norm": ("max_grad_norm", 0, False, False),
+    "--norm-weight": ("norm_weight", 0, True, False),
+    "--resolution": ("resolution", 8, True, True),
+    "--validate-every": ("validate_every", 0, True, True),
+    "--checkpoint-every": ("checkpoint_every", 0, True, True),
+    "--probe-pool": ("probe_pool", 1, True, True),
+    "--eval-samples": ("eval_samples", 1, True, True),
+    "--probe-size": ("probe_size", 8, True, True),
+    "--seed": ("seed", 0, True, True),
+}
+MAX_SEED = 2**32 - 1  # the loop derives per-step seeds from it; torch takes at most 64 bits
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Every numeric setting finite and in its meaningful range (argparse's float() takes "nan" and "inf")."""
+    defaults = {name: f.default for name, f in TrainConfig.__dataclass_fields__.items()}
+    for flag, (name, low, low_ok, whole) in _NUMBERS.items():
+        value = getattr(cfg, name)
+        if value is None and name == "probe_size":
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if (
+            not number
+            or not math.isfinite(value)
+            or (whole and value != int(value))
+            or value < low
+            or (value == low and not low_ok)
+        ):
+            kind = "a whole number" if whole else "a finite number"
+            bound = f"{'at least' if low_ok else 'above'} {low}"
+            default = "" if defaults[name] is None else f" (default {defaults[name]})"
+            shown = f"{value:g}" if number else repr(value)
+            raise ConfigError(f"{flag} {shown}: must be {kind} {bound}{default}")
+    seeds = [cfg.seed, *cfg.validation_seeds]
+    if any(not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seeds):
+        raise ConfigError(f"--seed / --validation-seeds {listed(seeds)}: seeds are whole numbers from 0 to {MAX_SEED}")

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write, bytes_writer, torch_bytes, write_json
+from .atomic import atomic_write, bytes_writer, together, torch_bytes, write_json
 from .config import TrainConfig, check_config
-from .errors import ConfigError, TrainingDiverged
+from .errors import ConfigError, TrainingDiverged, WriteError
 from .families import Family, detect_family
 from .format import SoftPrompt
 from .loader import load_soft_prompt, unload_soft_prompt
@@ -78,6 +78,27 @@ def save_checkpoint(path: Path, cfg: TrainConfig, step: int, vectors, optimizer,
         "losses": losses,
     }
     atomic_write([(path, bytes_writer(torch_bytes(state)))])  # in memory first: see atomic.py
+
+
+def resume_hint(cfg: TrainConfig) -> str:
+    """Where the run's last checkpoint is and how to go on from it, or that there is none yet."""
+    ckpt = checkpoint_path(cfg.out_path)
+    if not ckpt.exists():
+        every = f"one every {cfg.checkpoint_every} steps" if cfg.checkpoint_every else "--checkpoint-every 0"
+        return f"no checkpoint was written yet ({every}); rerunning starts over"
+    try:
+        step = f" (step {int(torch.load(ckpt, map_location='cpu', weights_only=True)['step'])})"
+    except Exception:  # unreadable: still the file to resume from or delete, as --resume will say
+        step = ""
+    return f"the last checkpoint is {ckpt}{step}: rerun the same command with --resume to continue from it"
+
+
+def _checkpoint(path: Path, cfg: TrainConfig, step: int, vectors, optimizer, losses: list[float], log) -> None:
+    """A checkpoint that cannot be written (full disk) is not worth stopping for: the previous one is kept."""
+    try:
+        save_checkpoint(path, cfg, step, vectors, optimizer, losses)
+    except WriteError as error:
+        log(f"warning: step {step}: {error}; the previous checkpoint is kept and training goes on")
 
 
 def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
@@ -148,7 +169,8 @@ def _setup(cfg: TrainConfig, pipe) -> _Run:
     if cfg.init == "hard" and not cfg.target:
         log("--init hard without --target: starting from random vectors at the vocabulary's norm")
     init = initial_vectors(pipe, family, cfg, torch.Generator().manual_seed(cfg.seed))
-    tokens = load_soft_prompt(pipe, SoftPrompt(vectors=init, tokens=cfg.tokens), family=family)
+    soft = SoftPrompt(vectors=init, tokens=cfg.tokens)
+    tokens = load_soft_prompt(pipe, soft, family=family, allow_shadowing=cfg.allow_shadowing)
     vectors = {k: torch.nn.Parameter(init[k].to(accelerator.device, torch.float32)) for k in keys}
     return _Run(accelerator, pipe, family, tokens, init, vectors, log)
 
@@ -160,11 +182,15 @@ def train(cfg: TrainConfig, pipe=None) -> TrainResult:
     left as it came); by default `cfg.model` is loaded in the dtype that `cfg.mixed_precision` names.
     """
     check_config(cfg)
-    run = _setup(cfg, pipe)
     try:
-        return _finish(cfg, run, _loop(cfg, run))
-    finally:
-        unload_soft_prompt(run.pipe, run.tokens, family=run.family)  # also after an error
+        run = _setup(cfg, pipe)
+        try:
+            return _finish(cfg, run, _loop(cfg, run))
+        finally:
+            unload_soft_prompt(run.pipe, run.tokens, family=run.family)  # also after an error
+    except KeyboardInterrupt:
+        # Ctrl-C: say what survives. The CLI prints "interrupted; <this>" and exits 130.
+        raise KeyboardInterrupt(resume_hint(cfg)) from None
 
 
 @dataclass
@@ -244,10 +270,15 @@ def _loop(cfg: TrainConfig, run: _Run) -> LoopResult:
             losses.append(total)
             bar.set_postfix(loss=f"{total:.4f}")
             done = step + 1
-            if acc.is_main_process and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                save_checkpoint(ckpt, cfg, done, vectors, optimizer, losses)
+            # The last step too: if the soft prompt and report cannot be written, --resume goes straight to them.
+            due = done % cfg.checkpoint_every == 0 or done == cfg.steps if cfg.checkpoint_every else False
+            if acc.is_main_process and due:
+                _checkpoint(ckpt, cfg, done, vectors, optimizer, losses, run.log)
             if acc.is_main_process and cfg.validate_every and done % cfg.validate_every == 0:
-                _validate(run.pipe, run.family, cfg, soft_text, done)
+                try:
+                    _validate(run.pipe, run.family, cfg, soft_text, done)
+                except WriteError as error:  # a picture for the user, not worth stopping the run for
+                    run.log(f"warning: step {done}: {error}; training goes on")
         bar.close()
         loop_s = time.perf_counter() - t0
         fixed["after"] = _fixed_batch_loss(objective, acc)
@@ -260,7 +291,7 @@ def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:
     # Encoders left out of --encoders keep their initial vectors: the file then behaves as in training.
     final = dict(run.init) | {k: v.detach().float().cpu() for k, v in run.vectors.items()}
     soft = SoftPrompt(vectors=final, tokens=run.tokens)
-    load_soft_prompt(pipe, soft, replace=True, family=family)
+    load_soft_prompt(pipe, soft, replace=True, family=family, allow_shadowing=cfg.allow_shadowing)
     metrics = {
         "mode": cfg.mode,
         "family": family.name,
@@ -298,9 +329,12 @@ def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:
             for where in ("alone", "composed"):
                 for ratio in ("ratio_to_first_n_words", "ratio_to_empty"):
                     soft.metadata[f"{where}_{ratio}"] = f"{metrics['distance'][where][ratio]:.4g}"
-        cfg.out_path.parent.mkdir(parents=True, exist_ok=True)
-        soft.save(cfg.out_path)
-        write_json(report, metrics)
+        try:
+            with together():  # the soft prompt and its report: both or neither
+                soft.save(cfg.out_path)
+                write_json(report, metrics)
+        except WriteError as error:
+            raise WriteError(f"{error}; {resume_hint(cfg)}") from None
         checkpoint_path(cfg.out_path).unlink(missing_ok=True)  # the finished file supersedes the checkpoint
     acc.wait_for_everyone()
     return TrainResult(cfg.out_path, report, metrics)

@@ -404,3 +404,154 @@ def test_huge_key_and_token_names_stay_short(tmp_path, capsys, monkeypatch):
 def test_argparse_errors_are_one_line(capsys):
     code, _, err = run_cli(capsys, "train", "--lr", "fast")
     assert_one_line_error(code, err, "argument --lr: invalid float value: 'fast'", "--help")
+
+
+# ------------------------------------------------------------------------------ training: 2, 3, 4, 7
+HARD = "image of serene landscape at sunrise with trees mountains and lake"
+
+
+def train_argv(model: str, out: str, *extra) -> list[str]:
+    fast = ["--steps", "2", "--vectors", "2", "--loss", "sequence", "--eval-samples", "2", "--probe-size", "64"]
+    return ["train", "--model", model, "--target", HARD, *fast, "--no-progress", "--out", out, *extra]
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--lr", "nan"),
+        ("--lr", "inf"),
+        ("--lr", "0"),
+        ("--lr", "-0.1"),
+        ("--norm-weight", "nan"),
+        ("--norm-weight", "-1"),
+        ("--max-grad-norm", "0"),
+        ("--max-grad-norm", "inf"),
+        ("--warmup", "-1"),
+        ("--resolution", "0"),
+        ("--steps", "0"),
+        ("--batch-size", "-2"),
+        ("--probe-size", "0"),
+        ("--checkpoint-every", "-5"),
+        ("--seed", "-1"),
+    ],
+)
+def test_train_numeric_flags_refused_up_front(flag, value, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # No model is needed to refuse them: the check comes before anything is loaded.
+    argv = train_argv("no-such-model", "out.safetensors")
+    argv = [a for i, a in enumerate(argv) if a != flag and (i == 0 or argv[i - 1] != flag)]
+    code, out, err = run_cli(capsys, *argv, flag, value)
+    assert_one_line_error(code, err, f"{flag} {value}: must be")
+    assert out == "" and files_in(tmp_path) == []
+
+
+def test_train_token_checks(tiny_dirs, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = tiny_dirs("sd1")
+    # Whitespace: refused before the model loads.
+    line = assert_one_line_error(*run_cli(capsys, *train_argv(model, "o.safetensors", "--tokens", "<a b>", "x y"))[::2])
+    assert "--tokens: token '<a b>' contains whitespace" in line
+    # Words of the vocabulary: refused once the tokenizer is there, naming the word.
+    line = assert_one_line_error(*run_cli(capsys, *train_argv(model, "o.safetensors", "--tokens", "lake", "sky"))[::2])
+    assert "token 'lake' is already the word 'lake' of tokenizer" in line and "--allow-shadowing" in line
+    assert files_in(tmp_path) == []
+    code, _, err = run_cli(capsys, *train_argv(model, "o.safetensors", "--tokens", "lake", "sky", "--allow-shadowing"))
+    assert code == 0, err
+    assert SoftPrompt.load("o.safetensors").tokens == ["lake", "sky"]
+
+
+def _interrupt_at(monkeypatch, call: int) -> None:
+    """Ctrl-C during the `call`-th loss (the first is the fixed-batch loss before training)."""
+    from sd_softprompt import objectives
+
+    real, calls = objectives.cond_loss, [0]
+
+    def loss(*args):
+        calls[0] += 1
+        if calls[0] == call:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(objectives, "cond_loss", loss)
+
+
+def assert_interrupted(code: int, err: str, *names: str) -> str:
+    lines = [line for line in err.splitlines() if "interrupted" in line]
+    assert code == 130 and len(lines) == 1 and err.rstrip().endswith(lines[0]), err
+    assert len(lines[0]) < 300 and "Traceback" not in err
+    for name in names:
+        assert name in lines[0], lines[0]
+    return lines[0]
+
+
+def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tiny_dirs, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = train_argv(tiny_dirs("sd1"), "run.safetensors", "--steps", "4", "--checkpoint-every", "2")
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 2)  # step 1: nothing saved yet
+        line = assert_interrupted(*run_cli(capsys, *argv)[::2], "no checkpoint was written yet (one every 2 steps)")
+    assert line.startswith("sd-softprompt: interrupted; ") and files_in(tmp_path) == []
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 4)  # step 3: the checkpoint of step 2 is there
+        assert_interrupted(*run_cli(capsys, *argv)[::2], "last checkpoint is run.checkpoint.pt (step 2)", "--resume")
+    assert files_in(tmp_path) == ["run.checkpoint.pt"]
+    code, _, err = run_cli(capsys, *argv, "--resume")
+    assert code == 0, err
+    assert files_in(tmp_path) == ["run.report.json", "run.safetensors"]
+    assert len(json.loads(Path("run.report.json").read_text())["losses"]) == 4
+
+
+def test_ctrl_c_in_the_python_api_says_it_too(sd1, tmp_path, monkeypatch):
+    from sd_softprompt.train import TrainConfig, train
+
+    _interrupt_at(monkeypatch, 2)
+    cfg = TrainConfig(
+        model="tiny", out=str(tmp_path / "a.safetensors"), target=HARD, vectors=2, steps=2, loss="sequence"
+    )
+    with pytest.raises(KeyboardInterrupt, match="no checkpoint was written yet"):
+        train(cfg, pipe=sd1)
+
+
+@pytest.fixture(params=["tmpfs", "patched"])
+def train_disk(request, tmp_path, monkeypatch):
+    """A folder where the first checkpoint and the soft prompt fit but the last checkpoint and the report do not,
+    and a function that makes room."""
+    folder = tmp_path / "disk"
+    if request.param == "tmpfs":
+        # 16 KB: the 9.6 KB checkpoint (3 pages) and the 1 KB soft prompt (1 page), nothing more.
+        if os.sysconf("SC_PAGE_SIZE") != 4096 or not _mount_tmpfs(folder, "16k"):
+            pytest.skip("no 4 KB-page tmpfs can be mounted here (needs root in a container that allows mount)")
+        request.addfinalizer(lambda: subprocess.run(["umount", str(folder)], check=False))
+        return folder, lambda: subprocess.run(["mount", "-o", "remount,size=1m", str(folder)], check=True)
+    folder.mkdir()
+    patch = monkeypatch.context()
+    m = patch.__enter__()
+    real_bytes, real_text, checkpoints = Path.write_bytes, Path.write_text, []
+
+    def refuse(path: Path) -> None:
+        if ".checkpoint.pt." in path.name:
+            checkpoints.append(path)
+        if ".report.json." in path.name or len(checkpoints) > 1 and ".checkpoint.pt." in path.name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    m.setattr(Path, "write_bytes", lambda self, data: refuse(self) or real_bytes(self, data))
+    m.setattr(Path, "write_text", lambda self, data, *a, **k: refuse(self) or real_text(self, data, *a, **k))
+    return folder, lambda: patch.__exit__(None, None, None)
+
+
+def test_full_disk_in_training_keeps_the_checkpoint_and_writes_no_half_pair(
+    train_disk, tiny_dirs, tmp_path, capsys, monkeypatch
+):
+    folder, make_room = train_disk
+    monkeypatch.chdir(tmp_path)
+    argv = train_argv(tiny_dirs("sd1"), "disk/x.safetensors", "--checkpoint-every", "1")
+    code, out, err = run_cli(capsys, *argv)
+    line = assert_one_line_error(code, err, "disk/x.report.json: cannot write it (No space left on device)")
+    assert "the last checkpoint is disk/x.checkpoint.pt (step 1): rerun the same command with --resume" in line
+    assert "warning: step 2: disk/x.checkpoint.pt: cannot write it" in out  # the last checkpoint did not fit
+    assert files_in(folder) == ["x.checkpoint.pt"]  # the first checkpoint survives; no soft prompt without report
+    make_room()
+    code, out, err = run_cli(capsys, *argv, "--resume")
+    assert code == 0, err
+    assert "resuming from disk/x.checkpoint.pt at step 1" in out
+    assert files_in(folder) == ["x.report.json", "x.safetensors"]
