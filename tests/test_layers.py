@@ -14,7 +14,7 @@ import sd_softprompt
 # Lowest first. Each module may import only modules of earlier rows.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"atomic", "grid"},  # atomic raises WriteError
+    {"atomic", "grid", "tiny_text"},  # atomic raises WriteError; tiny_text: the tiny tokenizers and text configs
     {"__init__"},  # the package facade: errors eagerly, the rest lazily through importlib
     {"families", "scoring"},  # family table; image scorers
     {"keys", "tiny", "toyworld.world"},  # file vocabulary (built from the family table); tiny pipelines
