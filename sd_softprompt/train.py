@@ -306,6 +306,8 @@ def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:
         "steps_per_s": (cfg.steps - done.first_step) / done.loop_s if done.loop_s > 0 else None,
         "peak_memory_mb": _peak_memory_mb(acc.device),
         "processes": acc.num_processes,
+        # every process must end with the same vectors (gradients are averaged by hand): 0.0 says they did
+        "process_vector_spread": _spread_between_processes(acc, run.vectors),
         "vector_norms": {k: v.norm(dim=1).tolist() for k, v in final.items()},
         "vocab_mean_norm": {k: vocab_norm(pipe, family.encoder(k)) for k in final},
         "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
@@ -338,6 +340,13 @@ def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:
         checkpoint_path(cfg.out_path).unlink(missing_ok=True)  # the finished file supersedes the checkpoint
     acc.wait_for_everyone()
     return TrainResult(cfg.out_path, report, metrics)
+
+
+def _spread_between_processes(acc, vectors: dict[str, torch.nn.Parameter]) -> float:
+    """The largest difference between any process's trained vectors and the main process's."""
+    flat = torch.cat([v.detach().float().flatten() for v in vectors.values()]).unsqueeze(0)
+    every = acc.gather(flat)  # [processes, numbers]; one process: itself
+    return (every - every[:1]).abs().max().item()
 
 
 def _fixed_batch_loss(objective, accelerator) -> float:

@@ -69,4 +69,5 @@ def test_two_cpu_processes(tmp_path, tiny_dirs):
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.with_name("ddp.report.json").read_text())
     assert report["processes"] == 2 and len(report["losses"]) == 6
+    assert report["process_vector_spread"] == 0.0  # both processes end with the very same vectors
     assert SoftPrompt.load(out).metadata["steps"] == "6"

@@ -1,0 +1,72 @@
+"""What --init words / hard / random, --style and --norm-weight do, each checked on its own."""
+
+import pytest
+import torch
+from PIL import Image
+
+from sd_softprompt.families import FAMILIES
+from sd_softprompt.images import OBJECT_TEMPLATES, STYLE_TEMPLATES
+from sd_softprompt.objectives import ImageObjective
+from sd_softprompt.rows import initial_vectors, vocab_norm
+from sd_softprompt.train import TrainConfig, train
+
+
+def _config(tmp_path, **kw) -> TrainConfig:
+    return TrainConfig(**({"model": "tiny", "out": str(tmp_path / "s.safetensors"), "progress": False} | kw))
+
+
+def test_init_words_are_those_words_embeddings(sd1, tmp_path):
+    table = sd1.text_encoder.get_input_embeddings().weight.detach()
+    ids = sd1.tokenizer("red house", add_special_tokens=False).input_ids
+    assert len(ids) == 2
+    cfg = _config(tmp_path, init="words", init_words="red house", vectors=2)
+    got = initial_vectors(sd1, FAMILIES["sd1"], cfg, torch.Generator().manual_seed(0))["clip_l"]
+    assert torch.equal(got, table[ids].float())  # two words, two vectors: the rows themselves
+    cfg = _config(tmp_path, init="words", init_words="red house", vectors=1)
+    got = initial_vectors(sd1, FAMILIES["sd1"], cfg, torch.Generator().manual_seed(0))["clip_l"]
+    assert torch.allclose(got[0], table[ids].float().mean(dim=0))  # fewer vectors: averaged down, in order
+
+
+def test_init_hard_without_target_and_random_start_at_the_vocabulary_norm(sdxl, tmp_path):
+    for cfg in (_config(tmp_path, init="hard", target=None), _config(tmp_path, init="random", target="a lake")):
+        got = initial_vectors(sdxl, FAMILIES["sdxl"], cfg, torch.Generator().manual_seed(0))
+        assert set(got) == {"clip_l", "clip_g"}
+        for key, vectors in got.items():
+            norms = vectors.norm(dim=1)
+            want = vocab_norm(sdxl, FAMILIES["sdxl"].encoder(key))
+            assert vectors.shape[0] == 4 and torch.allclose(norms, torch.full_like(norms, want), rtol=1e-5)
+
+
+@pytest.mark.parametrize("style", [False, True])
+def test_style_switches_the_caption_templates(sd1, tmp_path, style):
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(folder / "a.png")
+    cfg = _config(tmp_path, mode="images", images=str(folder), resolution=64, style=style, flip=False)
+    objective = ImageObjective(sd1, FAMILIES["sd1"], cfg, ["<s1>", "<s2>"], log=lambda m: None)
+    templates = STYLE_TEMPLATES if style else OBJECT_TEMPLATES
+    assert objective.templates == [t.format("<s1><s2>") for t in templates]
+    assert objective.captions == [None] and objective.latents.shape[0] == 1  # no caption file, no flip
+
+
+def test_norm_weight_pulls_vector_norms_towards_the_vocabulary(sd1, tmp_path):
+    """Averaged-down hard-prompt embeddings start below the vocabulary's mean norm; the norm term closes the
+    gap that the sequence loss alone leaves."""
+    want = vocab_norm(sd1, FAMILIES["sd1"].encoder("clip_l"))
+    gaps = {}
+    for weight in (0.0, 10.0):
+        cfg = _config(
+            tmp_path / str(weight),
+            target="image of serene landscape at sunrise with trees mountains and lake",
+            vectors=2,
+            steps=25,
+            lr=2e-2,
+            loss="sequence",
+            norm_weight=weight,
+            eval_samples=2,
+            probe_size=64,
+            checkpoint_every=0,
+        )
+        norms = torch.tensor(train(cfg, pipe=sd1).metrics["vector_norms"]["clip_l"])
+        gaps[weight] = (norms - want).abs().mean().item() / want
+    assert gaps[10.0] < 0.5 * gaps[0.0], gaps
