@@ -314,7 +314,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "init_words": ("--init-words", {"help": "with --init words: the words to start from"}),
     "context": ("--context", {"action": "append", "metavar": "TEXT", "help": "extra context suffix (repeatable)"}),
-    "loss": ("--loss", {"help": "text mode: denoiser, sequence (no denoiser needed per step) or full"}),
+    "loss": ("--loss", {"help": "text mode: denoiser, sequence (no denoiser needed per step), full or denoiser-fresh"}),
     "norm_weight": ("--norm-weight", {"type": float, "help": "pull vector norms towards the vocabulary's"}),
     "encoders": ("--encoders", {"nargs": "+", "metavar": "KEY", "help": "train only these encoder keys (e.g. t5xxl)"}),
     "tokens": ("--tokens", {"nargs": "+", "metavar": "TOKEN", "help": "placeholder token names (default [v1]..[vN])"}),

@@ -15,10 +15,13 @@ from sd_softprompt.train import TrainConfig, lr_factor, unused_in_loop
 def test_loss_registry_says_what_each_loss_needs_and_refuses_other_names():
     assert {name: loss.needs_denoiser for name, loss in LOSSES.items()} == {
         "denoiser": True,
+        "denoiser-fresh": True,
         "sequence": False,
         "full": False,
     }
-    with pytest.raises(ConfigError, match="--loss must be one of denoiser, sequence, full, not 'fulll'"):
+    with pytest.raises(
+        ConfigError, match="--loss must be one of denoiser, denoiser-fresh, sequence, full, not 'fulll'"
+    ):
         get_loss("fulll")
     states = {"states": torch.zeros(1, 4, 2)}
     a = [Alignment(1, 1, 1)]
@@ -87,3 +90,26 @@ def test_lr_schedule_warms_up_then_holds_or_decays():
     cosine = [lr_factor(s, 100, 4, "cosine") for s in (0, 3, 4, 52, 100)]
     assert cosine[:3] == [0.25, 1.0, 1.0] and cosine[3] == pytest.approx(0.5) and cosine[4] == pytest.approx(0.0)
     assert lr_factor(0, 10, 0, "cosine") == 1.0 and math.isclose(lr_factor(5, 10, 0, "cosine"), 0.5)
+
+
+def test_denoiser_fresh_draws_new_noise_each_step_and_learns(sd1, tmp_path):
+    """The pool's predecessor, kept so that the README's comparison rows can be reproduced."""
+    from sd_softprompt.format import SoftPrompt
+    from sd_softprompt.train import train
+
+    cfg = TrainConfig(
+        model="tiny-sd1",
+        out=str(tmp_path / "f.safetensors"),
+        target="image of serene landscape at sunrise with trees mountains and lake",
+        vectors=3,
+        steps=40,
+        lr=5e-3,
+        loss="denoiser-fresh",
+        progress=False,
+        probe_size=64,
+        eval_samples=6,
+        checkpoint_every=0,
+    )
+    result = train(cfg, pipe=sd1)
+    assert SoftPrompt.load(result.soft_prompt).metadata["loss"] == "denoiser-fresh"
+    assert result.metrics["distance"]["alone"]["ratio_to_first_n_words"] < 0.6
