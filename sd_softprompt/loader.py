@@ -8,51 +8,34 @@ exactly, and nothing in the pipeline is touched when a load is refused.
 
 from __future__ import annotations
 
-import copy
-import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from dataclasses import replace as replace_
 
 import torch
-from torch import nn
 
-from .errors import ConfigError, InvalidVectorsError, TokenCollisionError, WidthMismatchError, listed, shorten
+from .errors import ConfigError, TokenCollisionError, WidthMismatchError, listed
 from .families import Encoder, Family, detect_family
 from .format import UNASSIGNED, SoftPrompt, load_all
+from .token_checks import check_fits_dtype, check_shadowing, check_token_names, present_tokens, shadowed_word
+from .vocab import add_rows, encoder_states, encoder_width, loaded_tokens, restore_encoder, token_ids
 
-_STATE_ATTR = "_sd_softprompt_state"
-
-
-@dataclass
-class _EncoderState:
-    """What one tokenizer/encoder pair looked like before the first soft token went in."""
-
-    tokenizer: object  # a deep copy, restored in place on unload
-    rows: int  # embedding rows before loading
-    saved_rows: dict[int, torch.Tensor] = field(default_factory=dict)  # spare rows we overwrote (T5 has some)
-    eos_patches: list[tuple[nn.Module, int]] = field(default_factory=list)
-    tokens: list[str] = field(default_factory=list)  # loaded tokens, in load order
-
-
-def _states(pipe) -> dict[str, _EncoderState]:
-    if not hasattr(pipe, _STATE_ATTR):
-        # object.__setattr__: diffusers pipelines treat attribute assignment as config registration.
-        object.__setattr__(pipe, _STATE_ATTR, {})
-    return getattr(pipe, _STATE_ATTR)
-
-
-def loaded_tokens(pipe) -> list[str]:
-    """The soft tokens currently loaded into `pipe`, in load order."""
-    seen: dict[str, None] = {}
-    for state in _states(pipe).values():
-        seen.update(dict.fromkeys(state.tokens))
-    return list(seen)
-
-
-def encoder_width(pipe, encoder: Encoder) -> int:
-    return getattr(pipe, encoder.text_encoder).get_input_embeddings().weight.shape[1]
+# Re-exported: the loader is where callers look for these.
+__all__ = [
+    "LoadedSoftPrompt",
+    "assign_encoders",
+    "check_token_names",
+    "encoder_width",
+    "load_soft_prompt",
+    "load_soft_prompts",
+    "loaded_soft_prompts",
+    "loaded_tokens",
+    "prompt_overflow",
+    "shadowed_word",
+    "token_ids",
+    "unload_soft_prompt",
+]
 
 
 def assign_encoders(
@@ -89,80 +72,6 @@ def assign_encoders(
         else:
             pairs.append((family.encoder(key), vectors))
     return pairs
-
-
-def _patch_pooled_eos(text_encoder: nn.Module, eos_id: int) -> list[tuple[nn.Module, int]]:
-    """Make CLIP take its pooled output at the first end-of-text token, not at argmax(input_ids).
-
-    Real SD/SDXL text encoder configs carry the legacy eos_token_id = 2, with which transformers pools at the
-    highest token id: an added soft token, whose id is above end-of-text. With the real id it pools at the
-    first end-of-text position, which is right for both end-of-text and "!" padding.
-    """
-    patched = []
-    for module in text_encoder.modules():
-        if getattr(module, "eos_token_id", None) == 2 and eos_id != 2:
-            patched.append((module, module.eos_token_id))
-            module.eos_token_id = eos_id
-    return patched
-
-
-def _set_rows(text_encoder: nn.Module, weight: torch.Tensor) -> None:
-    old = text_encoder.get_input_embeddings()
-    # _weight: take the table as it is, without first filling a fresh one with random numbers.
-    new = nn.Embedding(
-        weight.shape[0],
-        weight.shape[1],
-        padding_idx=old.padding_idx,
-        _weight=weight,
-        _freeze=not old.weight.requires_grad,
-    )
-    text_encoder.set_input_embeddings(new)
-    text_encoder.config.vocab_size = weight.shape[0]
-
-
-def _add(pipe, encoder: Encoder, tokens: list[str], vectors: torch.Tensor) -> None:
-    tokenizer = getattr(pipe, encoder.tokenizer)
-    text_encoder = getattr(pipe, encoder.text_encoder)
-    states = _states(pipe)
-    weight = text_encoder.get_input_embeddings().weight.data
-    if encoder.key not in states:
-        states[encoder.key] = _EncoderState(tokenizer=copy.deepcopy(tokenizer), rows=weight.shape[0])
-        if tokenizer.eos_token_id is not None:
-            states[encoder.key].eos_patches = _patch_pooled_eos(text_encoder, tokenizer.eos_token_id)
-    state = states[encoder.key]
-
-    tokenizer.add_tokens(tokens)
-    ids = tokenizer.convert_tokens_to_ids(tokens)
-    if max(ids) >= weight.shape[0]:
-        weight = torch.cat([weight, weight.new_zeros(max(ids) + 1 - weight.shape[0], weight.shape[1])])
-    else:
-        weight = weight.clone()
-    for i in ids:
-        if i < state.rows and i not in state.saved_rows:
-            state.saved_rows[i] = weight[i].clone()
-    weight[ids] = vectors.to(device=weight.device, dtype=weight.dtype)
-    _set_rows(text_encoder, weight)
-    state.tokens += tokens
-
-
-def _reset(pipe, encoder: Encoder, state: _EncoderState) -> None:
-    tokenizer = getattr(pipe, encoder.tokenizer)
-    # In place, so that references the caller holds to the tokenizer see the restored one. The snapshot is
-    # used up (its state is dropped after a reset), so its insides move over without another copy.
-    tokenizer.__dict__.clear()
-    tokenizer.__dict__.update(state.tokenizer.__dict__)
-    # transformers' CLIPTokenizer patches its Rust backend's decode (to drop "</w>") in __init__; a copied
-    # backend loses that patch, so apply it again.
-    rewrap = getattr(tokenizer, "_wrap_decode_method_backend_tokenizer", None)
-    if callable(rewrap):
-        rewrap()
-    text_encoder = getattr(pipe, encoder.text_encoder)
-    weight = text_encoder.get_input_embeddings().weight.data[: state.rows].clone()
-    for i, row in state.saved_rows.items():
-        weight[i] = row
-    _set_rows(text_encoder, weight)
-    for module, value in state.eos_patches:
-        module.eos_token_id = value
 
 
 @dataclass(frozen=True)
@@ -223,9 +132,9 @@ def _plan(
         raise TokenCollisionError(f"{name}: need {soft.num_vectors} distinct token names, got {listed(tokens)}")
     check_token_names(tokens, name)
     if not allow_shadowing:
-        _check_shadowing(pipe, family, tokens, name)
+        check_shadowing(pipe, family, tokens, name)
     for encoder, vectors in pairs:
-        _check_fits_dtype(pipe, encoder, vectors, name)
+        check_fits_dtype(pipe, encoder, vectors, name)
     return _Plan(name, soft, pairs, tokens, alias)
 
 
@@ -249,7 +158,7 @@ def _check_vocab(pipe, plans: list[_Plan], replace: bool) -> list[str]:
     swap: list[str] = []
     for plan in plans:
         for encoder, _ in plan.pairs:
-            taken = _present(getattr(pipe, encoder.tokenizer), plan.tokens)
+            taken = present_tokens(getattr(pipe, encoder.tokenizer), plan.tokens)
             if taken and not (replace and set(taken) <= ours):
                 hint = (
                     "pass replace=True (--replace) to swap them" if set(taken) <= ours else "choose other token names"
@@ -259,16 +168,6 @@ def _check_vocab(pipe, plans: list[_Plan], replace: bool) -> list[str]:
                 )
         swap += [t for t in plan.tokens if t in ours]
     return swap
-
-
-def _present(tokenizer, tokens: list[str]) -> list[str]:
-    """The tokens a tokenizer already has (its vocabulary or added tokens)."""
-    backend = getattr(tokenizer, "_tokenizer", None)
-    if callable(getattr(backend, "token_to_id", None)):
-        # The Rust backend answers per token; get_vocab() would build a 49k-entry dict (~0.1 s) per call.
-        return [t for t in tokens if backend.token_to_id(t) is not None]
-    vocab = tokenizer.get_vocab()
-    return [t for t in tokens if t in vocab]
 
 
 def load_soft_prompts(
@@ -332,7 +231,7 @@ def load_soft_prompts(
                     rows.append(vectors)
         if names:
             dtype = getattr(pipe, encoder.text_encoder).get_input_embeddings().weight.dtype
-            _add(pipe, encoder, names, torch.cat([r.to(dtype) for r in rows]))
+            add_rows(pipe, encoder, names, torch.cat([r.to(dtype) for r in rows]))
     for plan in plans:
         _loaded(pipe).append(
             LoadedSoftPrompt(
@@ -379,91 +278,6 @@ def load_soft_prompt(
     )[0]
 
 
-def check_token_names(tokens: list[str], source: str = "soft prompt") -> None:
-    """Refuse token names with whitespace: such a token also claims the words on either side of its space,
-    and tools that split prompts at spaces (A1111, ComfyUI) can never match it."""
-    for i, token in enumerate(tokens):
-        if any(ch.isspace() for ch in token):
-            raise TokenCollisionError(
-                f"{source}: token {shorten(repr(token), 40)} contains whitespace; it would claim the words around "
-                f"the space and other tools cannot match it: use one word such as <{_word_chars(token)}> or [v{i + 1}]"
-            )
-
-
-def _word_chars(token: str) -> str:
-    return "_".join(token.strip("<>[] ").split())[:30] or "name"
-
-
-# How a tokenizer writes a whole word: CLIP's BPE marks its end with "</w>", sentencepiece (T5) its start
-# with "▁"; CLIP lowercases prompts, so "Lake" in a prompt is the word "lake".
-_WORD_FORMS = ("{}", "{}</w>", "▁{}")
-
-
-def shadowed_word(tokenizer, token: str) -> str | None:
-    """The vocabulary entry that ``token`` would shadow in ``tokenizer`` (added tokens aside), or None."""
-    return _shadow_finder(tokenizer)(token)
-
-
-def _shadow_finder(tokenizer):
-    added = set(tokenizer.get_added_vocab()) if hasattr(tokenizer, "get_added_vocab") else set()
-    backend = getattr(tokenizer, "_tokenizer", None)
-    if callable(getattr(backend, "token_to_id", None)):
-        known = lambda entry: backend.token_to_id(entry) is not None  # noqa: E731 (see _present: no 49k dict)
-    else:
-        known = tokenizer.get_vocab().__contains__
-
-    def find(token: str) -> str | None:
-        for text in dict.fromkeys((token, token.lower())):
-            for form in _WORD_FORMS:
-                entry = form.format(text)
-                if entry not in added and known(entry):
-                    return entry
-        return None
-
-    return find
-
-
-def _check_shadowing(pipe, family: Family, tokens: list[str], source: str) -> None:
-    for encoder in family.encoders:  # every tokenizer of the pipeline, not only those the file has vectors for
-        find = _shadow_finder(getattr(pipe, encoder.tokenizer))
-        for i, token in enumerate(tokens):
-            entry = find(token)
-            if entry is not None:
-                word = entry.replace("</w>", "").replace("▁", "")
-                raise TokenCollisionError(
-                    f"{source}: token {shorten(repr(token), 40)} is already the word {word!r} of {encoder.tokenizer}; "
-                    f"loaded, it would replace that word in every prompt: rename it (e.g. <{_word_chars(token)}> "
-                    f"or [v{i + 1}]) or allow it with --allow-shadowing (allow_shadowing=True)"
-                )
-
-
-# The encoder's layer norm squares its inputs in float32 at best (half precision accumulates in float32):
-# a vector with a norm beyond this turns every prompt it is in to NaN, whatever the table's dtype.
-_MAX_NORM = math.sqrt(torch.finfo(torch.float32).max)
-
-
-def _check_fits_dtype(pipe, encoder: Encoder, vectors: torch.Tensor, source: str) -> None:
-    """Refuse vectors the encoder cannot use: values its dtype cannot hold (they would become inf) or norms
-    its arithmetic cannot square; either way the images would be NaN."""
-    dtype = getattr(pipe, encoder.text_encoder).get_input_embeddings().weight.dtype
-    fits = not dtype.is_floating_point or bool(torch.isfinite(vectors.to(dtype)).all())
-    norm = float(vectors.double().norm(dim=1).max())
-    if fits and norm <= _MAX_NORM:
-        return
-    where = f"this pipeline's {encoder.text_encoder}"
-    if not fits:
-        name = str(dtype).replace("torch.", "")
-        biggest = float(vectors.double().abs().max())
-        problem = f"values up to {biggest:.3g}, beyond the range of {where} ({name}, ±{torch.finfo(dtype).max:.3g})"
-        fix = "load the pipeline in float32 (--dtype fp32) or rescale the vectors"
-        if torch.finfo(dtype).max >= torch.finfo(torch.float32).max:
-            fix = "rescale the vectors"
-    else:
-        problem = f"a vector norm of {norm:.3g}, more than {where} can square in float32 ({_MAX_NORM:.3g})"
-        fix = "rescale them to the vocabulary's norms (inspect FILE --model MODEL shows those)"
-    raise InvalidVectorsError(f"{source}: {encoder.key} has {problem}: the images would be NaN; {fix}")
-
-
 _ALIASES_ATTR = "_sd_softprompt_aliases"
 
 
@@ -495,7 +309,7 @@ def unload_soft_prompt(pipe, tokens: list[str] | str | None = None, *, family: F
     if isinstance(tokens, str):
         tokens = [tokens]
     family = family or detect_family(pipe)
-    states = _states(pipe)
+    states = encoder_states(pipe)
     if tokens is not None:
         unknown = [t for t in tokens if t not in loaded_tokens(pipe)]
         if unknown:
@@ -511,10 +325,10 @@ def unload_soft_prompt(pipe, tokens: list[str] | str | None = None, *, family: F
         # stay keeps ids dense and the untouched state bitwise identical.
         ids = getattr(pipe, encoder.tokenizer).convert_tokens_to_ids(keep)
         kept = getattr(pipe, encoder.text_encoder).get_input_embeddings().weight.data[ids].clone()
-        _reset(pipe, encoder, state)
+        restore_encoder(pipe, encoder, state)
         del states[key]
         if keep:
-            _add(pipe, encoder, keep, kept)
+            add_rows(pipe, encoder, keep, kept)
     _forget(pipe, set(loaded_tokens(pipe)))
 
 
@@ -539,11 +353,6 @@ def _drop_aliases(pipe, loaded: set[str]) -> None:
     if not aliases:
         del pipe.__dict__[_ALIASES_ATTR]
         del pipe.__dict__["maybe_convert_prompt"]
-
-
-def token_ids(pipe, encoder: Encoder, tokens: list[str]) -> list[int]:
-    """Ids of loaded soft tokens in one encoder's tokenizer."""
-    return getattr(pipe, encoder.tokenizer).convert_tokens_to_ids(tokens)
 
 
 def prompt_overflow(pipe, prompt: str, family: Family | None = None) -> list[str]:

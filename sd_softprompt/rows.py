@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .families import Encoder, Family
-from .loader import token_ids
+from .vocab import token_ids
 
 if TYPE_CHECKING:
     from .config import TrainConfig

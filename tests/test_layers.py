@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"families", "scoring"},  # family table; image scorers
     {"keys", "tiny", "toyworld.world"},  # file vocabulary (built from the family table); tiny pipelines
     {"safe_read", "toyworld.judge", "toyworld.model", "toyworld.__init__"},
-    {"readers", "writers"},
+    {"readers", "writers", "vocab", "token_checks"},  # vocab, token_checks: a pipeline's tables, token rules
     {"bundles"},  # LoRA files with bundle_emb.* soft prompts (uses the readers)
     {"format"},  # SoftPrompt and load/save/convert
     {"loader", "pipeline", "images", "mixing"},  # mixing: sums, concatenation, strength of SoftPrompts
