@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
-from .atomic import atomic_write
+from .atomic import atomic_write, bytes_writer
 from .errors import FormatError, SoftPromptError
 from .readers import Decoded, decode_content
 from .safe_read import first_line, sniff
@@ -130,7 +130,9 @@ def write_bundle(prompt: SoftPrompt, lora: Path, out: Path, name: str) -> Path:
     if prompt.family:
         recorded.setdefault("family", prompt.family)
     header[HEADER_PREFIX + name] = json.dumps(recorded)
-    return atomic_write([(out, lambda tmp: save_file(tensors, str(tmp), metadata=header))])[0]
+    # In memory first (the LoRA is in memory already): a full disk is then an OSError -> WriteError naming `out`,
+    # not safetensors' own error type.
+    return atomic_write([(out, bytes_writer(safetensors_bytes(tensors, metadata=header)))])[0]
 
 
 def lora_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -363,8 +363,7 @@ def _validate(pipe, family: Family, cfg: TrainConfig, soft_text: str, step: int)
         if cfg.mode == "text"
         else [f"a photo of {soft_text}"]
     )
-    folder = cfg.out_path.with_name(cfg.out_path.stem + ".validation")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = cfg.out_path.with_name(cfg.out_path.stem + ".validation")  # atomic_write makes it
     size = min(cfg.resolution, 512)
     device = pipe.text_encoder.device  # parked parts come back for the grid
     with moved_to(pipe, ["vae", family.denoiser], device):

@@ -222,6 +222,15 @@ def test_grid_pair_on_a_full_disk_leaves_neither_file(full_disk, tiny_dirs, tmp_
     assert files_in(full_disk) == ["filler"]
 
 
+def test_bundle_convert_to_a_full_disk_is_one_line(full_disk, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sd1_prompt().save("s.safetensors")
+    save_file({"lora_unet_x.lora_down.weight": torch.ones(64, 64)}, "lora.safetensors")  # 16 KB: more than fits
+    argv = ["convert", "s.safetensors", "--to", "bundle", "--lora", "lora.safetensors", "--out", "disk/b.safetensors"]
+    assert_one_line_error(*run_cli(capsys, *argv)[::2], "disk/b.safetensors", "No space left on device")
+    assert files_in(full_disk) == []
+
+
 def test_permission_errors_are_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
     # Tests may run as root, for whom chmod 000 refuses nothing: the refusal comes from a patched mkstemp.
     import tempfile
