@@ -25,6 +25,8 @@ from .format import SoftPrompt
 from .grid import make_grid
 from .loader import load_soft_prompt, loaded_tokens, unload_soft_prompt
 
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes at most 64 bits
+
 
 def default_guidance(pipe, family: Family | None = None) -> float:
     """The pipeline's usual guidance scale (Flux dev: distilled guidance, not classifier-free)."""
@@ -62,7 +64,7 @@ def generate_batch(
     from the noise `generate` would draw with seeds[k] (on this CPU the pixels match exactly; a GPU may
     differ in rounding), and one batched call costs far less than len(seeds) calls on a GPU."""
     family = family or detect_family(pipe)
-    _check_settings(pipe, family, steps, guidance, height, width)
+    _check_settings(pipe, family, steps, guidance, height, width, seeds)
     kwargs = dict(
         prompt=prompt,
         num_inference_steps=steps,
@@ -77,9 +79,14 @@ def generate_batch(
         return pipe(**kwargs).images
 
 
-def _check_settings(pipe, family: Family, steps: int, guidance: float, height: int | None, width: int | None) -> None:
+def _check_settings(
+    pipe, family: Family, steps: int, guidance: float, height: int | None, width: int | None, seeds: Sequence[int]
+) -> None:
     if steps < 1:
         raise ConfigError(f"--steps {steps}: need at least 1 inference step")
+    bad_seeds = [s for s in seeds if not isinstance(s, int) or not 0 <= s <= MAX_SEED]
+    if bad_seeds:
+        raise ConfigError(f"seed {bad_seeds[0]}: seeds are whole numbers from 0 to {MAX_SEED} (torch's 64 bits)")
     if not math.isfinite(guidance) or guidance < 0:
         raise ConfigError(f"--guidance {guidance}: need a finite scale of 0 or more (default {family.guidance})")
     multiple = pipe.vae_scale_factor * family.latent_patch

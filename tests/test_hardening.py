@@ -279,6 +279,8 @@ def test_a_failed_rename_takes_back_the_first_file_of_a_pair(tmp_path, monkeypat
         (["--height", "-64"], "--height -64"),
         (["--width", "65"], "--width 65"),
         (["--seed", "x"], "--seed: invalid int value"),
+        (["--seed", "-1"], "seed -1: seeds are whole numbers from 0"),
+        (["--seed", str(2**64)], f"seed {2**64}: seeds are whole numbers from 0"),
     ],
 )
 def test_generate_numeric_flags(flags, names, tiny_dirs, tmp_path, capsys, monkeypatch):
