@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sd_softprompt import cli
+from sd_softprompt import cli, cli_parser
 from sd_softprompt.format import SoftPrompt
 from sd_softprompt.train import TrainConfig, TrainResult
 
@@ -301,7 +301,7 @@ def test_train_maps_every_flag_to_the_config(monkeypatch, tmp_path, capsys):
 
 
 def test_every_train_config_field_has_a_flag():
-    assert set(cli._TRAIN_FLAGS) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(cli_parser.TRAIN_FLAGS) == {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 @pytest.mark.parametrize("command", COMMANDS)

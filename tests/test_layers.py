@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     {"rows"},
     {"train"},
     {"demo"},
+    {"cli_parser"},  # the flags and help
     {"cli"},
 ]
 PACKAGE = Path(sd_softprompt.__file__).parent
