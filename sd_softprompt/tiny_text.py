@@ -159,8 +159,8 @@ def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     return symbols
 
 
-def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A byte-level BPE vocabulary like CLIP's, with whole-word merges for WORDS.
+def clip_vocab_and_merges(words: list[str] | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte-level BPE vocabulary like CLIP's, with whole-word merges for ``words`` (default WORDS).
 
     Every byte (and byte + '</w>') is in the vocabulary, so any text tokenizes; the end-of-text token
     is the last id, as in the real CLIP vocabulary (49407), which the pooled-output trap depends on.
@@ -170,7 +170,7 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     for piece in chars + [c + "</w>" for c in chars]:
         vocab.setdefault(piece, len(vocab))
     ranks: dict[tuple[str, str], int] = {}
-    for word in WORDS:
+    for word in WORDS if words is None else words:
         # Run the merges made so far, then join what is left: appending a word's merges after the
         # earlier ones keeps every earlier word whole.
         symbols = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
@@ -184,10 +184,10 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
-def clip_tokenizer(pad_token: str = _SPECIAL_EOS):
+def clip_tokenizer(pad_token: str = _SPECIAL_EOS, words: list[str] | None = None):
     from transformers import CLIPTokenizer
 
-    vocab, merges = clip_vocab_and_merges()
+    vocab, merges = clip_vocab_and_merges(words)
     return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=77)
 
 
