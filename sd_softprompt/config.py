@@ -78,7 +78,12 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"--vectors must be between 1 and {MAX_VECTORS}, not {cfg.vectors}")
     _check_numbers(cfg)
     if cfg.tokens is not None:
-        check_token_names(list(cfg.tokens), "--tokens")  # whitespace; words of the vocabulary need the model
+        tokens = list(cfg.tokens)
+        if len(tokens) != cfg.vectors or len(set(tokens)) != len(tokens):
+            raise ConfigError(
+                f"--tokens {listed(tokens)}: give {cfg.vectors} different names, one per vector (--vectors {cfg.vectors})"
+            )
+        check_token_names(tokens, "--tokens")  # whitespace; words of the vocabulary need the model
     get_loss(cfg.loss)  # ConfigError naming the losses for any other name
     if cfg.init not in ("hard", "random", "words") or (cfg.init == "words" and not cfg.init_words):
         raise ConfigError('--init must be hard, random or words (words needs --init-words "...")')

@@ -459,7 +459,11 @@ def test_train_numeric_flags_refused_up_front(flag, value, tmp_path, capsys, mon
 def test_train_token_checks(tiny_dirs, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     model = tiny_dirs("sd1")
-    # Whitespace: refused before the model loads.
+    # Counts and repeats, then whitespace: refused before the model loads.
+    line = assert_one_line_error(*run_cli(capsys, *train_argv(model, "o.safetensors", "--tokens", "<a>"))[::2])
+    assert "--tokens <a>: give 2 different names, one per vector (--vectors 2)" in line
+    line = assert_one_line_error(*run_cli(capsys, *train_argv(model, "o.safetensors", "--tokens", "<a>", "<a>"))[::2])
+    assert "--tokens <a>, <a>: give 2 different names" in line
     line = assert_one_line_error(*run_cli(capsys, *train_argv(model, "o.safetensors", "--tokens", "<a b>", "x y"))[::2])
     assert "--tokens: token '<a b>' contains whitespace" in line
     # Words of the vocabulary: refused once the tokenizer is there, naming the word.
