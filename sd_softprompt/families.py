@@ -310,6 +310,12 @@ def detect_family(pipe) -> Family:
     if not found:
         supported = ", ".join(f"{f.title} ({f.name})" for f in FAMILIES.values())
         raise UnsupportedPipelineError(f"{name} is not supported; supported families: {supported}")
+    missing = [e.text_encoder for e in found[0].encoders if getattr(pipe, e.text_encoder, None) is None]
+    if missing:  # e.g. SD3 loaded without its T5 to save memory
+        raise UnsupportedPipelineError(
+            f"{name} without {', '.join(missing)}: soft prompts need every text encoder of a {found[0].title} "
+            f"pipeline; load it with all of them"
+        )
     return found[0]
 
 

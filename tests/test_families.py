@@ -160,3 +160,11 @@ def test_sd3_image_mode_lowers_its_fixed_batch_loss(sd3, tmp_path):
     )
     fixed = train(cfg, pipe=sd3).metrics["fixed_batch_loss"]
     assert fixed["after"] < fixed["before"], fixed
+
+
+def test_a_pipeline_missing_a_text_encoder_is_refused_in_one_line(sd3):
+    from diffusers import StableDiffusion3Pipeline
+
+    without_t5 = StableDiffusion3Pipeline(**(sd3.components | {"text_encoder_3": None, "tokenizer_3": None}))
+    with pytest.raises(UnsupportedPipelineError, match="StableDiffusion3Pipeline without text_encoder_3"):
+        detect_family(without_t5)
