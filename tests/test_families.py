@@ -168,3 +168,19 @@ def test_a_pipeline_missing_a_text_encoder_is_refused_in_one_line(sd3):
     without_t5 = StableDiffusion3Pipeline(**(sd3.components | {"text_encoder_3": None, "tokenizer_3": None}))
     with pytest.raises(UnsupportedPipelineError, match="StableDiffusion3Pipeline without text_encoder_3"):
         detect_family(without_t5)
+
+
+def test_sd3_img2img_and_inpaint_are_sd3_and_take_soft_prompts(sd3):
+    from diffusers import StableDiffusion3Img2ImgPipeline, StableDiffusion3InpaintPipeline
+
+    from sd_softprompt.loader import load_soft_prompt, unload_soft_prompt
+
+    g = torch.Generator().manual_seed(0)
+    for cls in (StableDiffusion3Img2ImgPipeline, StableDiffusion3InpaintPipeline):
+        pipe = cls(**sd3.components)
+        family = detect_family(pipe)
+        assert family.name == "sd3"
+        widths = {e.key: getattr(pipe, e.text_encoder).get_input_embeddings().weight.shape[1] for e in family.encoders}
+        tokens = load_soft_prompt(pipe, SoftPrompt({k: torch.randn(2, w, generator=g) for k, w in widths.items()}))
+        assert tokens == ["[v1]", "[v2]"] and pipe.tokenizer_3.tokenize("[v1][v2]") == ["[v1]", "[v2]"]
+        unload_soft_prompt(pipe)
