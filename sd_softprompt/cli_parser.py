@@ -242,7 +242,16 @@ TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         "--mode",
         {"choices": ("text", "images"), "help": "text: distil a hard prompt; images: textual inversion"},
     ),
-    "target": ("--target", {"help": "text mode: the hard prompt to distil"}),
+    "target": ("--target", {"help": "text mode: the hard prompt to distil (longer than the window is fine)"}),
+    "target_file": ("--target-file", {"metavar": "FILE", "help": "text mode: read the hard prompt from a text file"}),
+    "role": (
+        "--role",
+        {"choices": ("positive", "negative"), "help": "text mode: a prompt, or a negative prompt (negative_prompt)"},
+    ),
+    "negative_prompt": (
+        "--negative-prompt",
+        {"help": "validation grids' negative prompt; {} stands for the soft tokens (SD, SDXL, SD3)"},
+    ),
     "images": ("--images", {"help": "images mode: folder of pictures (+ optional same-name .txt captions)"}),
     "vectors": ("--vectors", {"type": int, "help": "number of soft vectors N"}),
     "steps": ("--steps", {"type": int, "help": "optimizer steps"}),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError, listed
@@ -21,7 +21,10 @@ class TrainConfig:
     model: str  # hub id or local path of a diffusers pipeline
     out: str  # the soft prompt file to write (.safetensors, native format)
     mode: str = "text"  # "text" or "images"
-    target: str | None = None  # text mode: the hard prompt
+    target: str | None = None  # text mode: the hard prompt (it may be longer than the encoder's window)
+    target_file: str | None = None  # text mode: read the hard prompt from this UTF-8 text file instead
+    role: str = "positive"  # text mode: "positive" (a prompt) or "negative" (meant for negative_prompt)
+    negative_prompt: str | None = None  # validation grids' negative prompt ({} stands for the soft tokens)
     images: str | None = None  # images mode: a folder of png/jpg/jpeg/webp (+ optional same-name .txt captions)
     vectors: int = 4
     steps: int = 300
@@ -64,8 +67,30 @@ class TrainConfig:
         return Path(self.out)
 
 
+def read_target(cfg: TrainConfig) -> TrainConfig:
+    """The config with --target-file's text as its target (whitespace runs, newlines included, as spaces)."""
+    if not cfg.target_file:
+        return cfg
+    if cfg.target:
+        raise ConfigError("give the hard prompt once: --target or --target-file, not both")
+    path = Path(cfg.target_file)
+    try:
+        text = " ".join(path.read_text(encoding="utf-8").split())
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; --target-file takes a text file holding the prompt") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror or e}); --target-file takes a text file") from None
+    if not text:
+        raise ConfigError(f"{path}: the file is empty; put the prompt to distil in it")
+    return replace(cfg, target=text, target_file=None)
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Refuse bad input before anything is loaded or written."""
+    if cfg.role not in ("positive", "negative"):
+        raise ConfigError(f"--role must be positive or negative, not {cfg.role!r}")
+    if cfg.role == "negative" and (cfg.mode != "text" or cfg.context):
+        raise ConfigError("--role negative distils a negative prompt, used alone: --mode text, and no --context")
     if cfg.mode not in OBJECTIVES:
         raise ConfigError(f"--mode must be one of {', '.join(OBJECTIVES)}, not {cfg.mode!r}")
     if cfg.mode == "text" and not (cfg.target or "").strip():

@@ -109,14 +109,23 @@ def run_grid(
     width: int | None,
     model_name: str,
     out: Path,
-    negative_prompt: str | None = None,
+    negative_prompt: str | None | Sequence[str | None] = None,
     soft_files: Sequence[str] = (),
     progress: bool = True,
     family: Family | None = None,
+    labels: Sequence[str] | None = None,
 ) -> tuple[Path, Path]:
-    """Draw every prompt (rows) with every seed (columns); write the labelled grid and ``<stem>.json``."""
+    """Draw every prompt (rows) with every seed (columns); write the labelled grid and ``<stem>.json``.
+
+    ``negative_prompt``: one for every row, or a list with one per row (rows that compare negatives);
+    ``labels``: row labels (default: the prompts)."""
     if not prompts or not seeds:
         raise ConfigError("a grid needs at least one prompt and one seed")
+    negatives = (
+        list(negative_prompt) if isinstance(negative_prompt, (list, tuple)) else [negative_prompt] * len(prompts)
+    )
+    if len(negatives) != len(prompts) or (labels is not None and len(labels) != len(prompts)):
+        raise ConfigError(f"a grid of {len(prompts)} rows needs as many negative prompts and labels")
     target = image_path(grid_target(Path(out)))
     family = family or detect_family(pipe)
 
@@ -124,20 +133,20 @@ def run_grid(
     rows: list[list[Image.Image]] = []
     seconds: list[float] = []
     with tqdm(total=len(prompts) * len(seeds), desc="grid", unit="image", disable=not progress) as bar:
-        for prompt in prompts:  # one batched call per row: every seed of the row at once
+        for prompt, negative in zip(prompts, negatives):  # one batched call per row: every seed of the row at once
             tick = time.perf_counter()
-            rows.append(generate_batch(pipe, prompt, seeds, steps, guidance, height, width, negative_prompt, family))
+            rows.append(generate_batch(pipe, prompt, seeds, steps, guidance, height, width, negative, family))
             seconds.append(round(time.perf_counter() - tick, 3))
             bar.update(len(seeds))
 
     cell_w, cell_h = rows[0][0].size
     caption = grid_caption(model_name, steps, guidance, cell_h, cell_w)
-    grid = make_grid(rows, prompts, [f"seed {seed}" for seed in seeds], caption)
+    grid = make_grid(rows, list(labels or prompts), [f"seed {seed}" for seed in seeds], caption)
     record = {
         "model": model_name,
         "family": family.name,
         "prompts": list(prompts),
-        "negative_prompt": negative_prompt,
+        "negative_prompt": negative_prompt if isinstance(negative_prompt, (str, type(None))) else negatives,
         "seeds": list(seeds),
         "steps": steps,
         "guidance": guidance,

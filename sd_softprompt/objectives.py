@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
-from .families import Cond, Family, prediction_type
+from .families import Cond, Family, fits_window, prediction_type
 from .images import OBJECT_TEMPLATES, STYLE_TEMPLATES, caption_for, load_image, scan_images
-from .measure import Probe, default_size, join, sample_timesteps
+from .measure import Probe, default_size, guided_probe, join, sample_timesteps
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -40,6 +40,8 @@ CONTEXTS = [
     "with a dog",
     "in winter",
 ]
+# What negative soft prompts are trained under: guided runs of these prompts (measured on EVAL_POSITIVES).
+TRAIN_POSITIVES = [c for c in CONTEXTS if c]
 
 
 # ---------------------------------------------------------------- text target
@@ -189,7 +191,11 @@ def image_loss(pipe, family: Family, x0, noise, t, cond: Cond) -> torch.Tensor:
 # ---------------------------------------------------------------- the objectives
 class TextObjective:
     """Distil the hard prompt: "<soft> <context>" against the cached "<hard> <context>", compared on the
-    denoiser's output (--loss denoiser) or on the conditioning states (sequence, full)."""
+    denoiser's output (--loss denoiser) or on the conditioning states (sequence, full).
+
+    The hard prompt is encoded whole, in chunks when it is longer than the window (A1111 / ComfyUI), so the
+    denoiser loss distils all of it into the N vectors. With --role negative the soft prompt stands alone, as
+    a negative prompt does, and its pool is the latents a guided sampler visits (TRAIN_POSITIVES)."""
 
     name = "text"  # the written file's metadata["objective"]
     measured = True  # the final report measures D against the hard prompt
@@ -197,19 +203,26 @@ class TextObjective:
     def __init__(self, pipe, family: Family, cfg: TrainConfig, tokens: list[str], log: Callable[[str], None]):
         self.pipe, self.family, self.cfg, self.soft_text = pipe, family, cfg, "".join(tokens)
         self.kind = get_loss(cfg.loss)
-        self.contexts = list(dict.fromkeys(CONTEXTS + list(cfg.context)))
+        self.negative = cfg.role == "negative"
+        # a negative prompt is used alone; a prompt is trained next to context words too
+        self.contexts = [""] if self.negative else list(dict.fromkeys(CONTEXTS + list(cfg.context)))
         with torch.no_grad():  # frozen targets: computed once, never per step
-            parts = [
-                family.encode(pipe, [join(cfg.target, c) for c in self.contexts[i : i + 8]])
-                for i in range(0, len(self.contexts), 8)
-            ]
-            self.targets = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        self.scale = cond_scale(self.targets)
-        # Which tokenizers' token counts set the alignment is the family's to say (Flux: T5; SD3: CLIP, then T5).
-        self.alignment = alignments(pipe, family, cfg.target, cfg.vectors)
+            # one prompt at a time: a long prompt's chunk count depends on its context
+            self.targets = [family.encode_long(pipe, [join(cfg.target, c)]) for c in self.contexts]
         self.size = cfg.probe_size or min(default_size(pipe, family), 256)
+        if not self.kind.pooled:  # the state losses and denoiser-fresh batch the targets of several contexts
+            if not fits_window(pipe, family, join(cfg.target, max(self.contexts, key=len))):
+                raise ConfigError(
+                    f"--loss {cfg.loss} batches targets of one length, and the --target (with its contexts) is "
+                    "longer than the encoder's window; use --loss denoiser, which compares outputs on a cached pool"
+                )
+            self.stacked = {k: torch.cat([t[k] for t in self.targets]) for k in self.targets[0]}
+        if self.kind.states is not None:
+            self.scale = cond_scale(self.stacked)
+            # Which tokenizers' token counts set the alignment is the family's to say (Flux: T5; SD3: CLIP, then T5).
+            self.alignment = alignments(pipe, family, cfg.target, cfg.vectors)
         if self.kind.pooled:
-            self._pool_targets(self.size)
+            (self._guided_pool if self.negative else self._pool_targets)(self.size)
 
     @staticmethod
     def needs_denoiser(cfg: TrainConfig) -> bool:
@@ -226,13 +239,36 @@ class TextObjective:
         n = len(self.contexts) * self.cfg.probe_pool
         self.probe = Probe.make(self.pipe, self.family, n, size, seed=self.cfg.seed + 7)
         self.context_of = torch.arange(n) % len(self.contexts)
+        want: list[torch.Tensor | None] = [None] * n
         with torch.no_grad():
-            chunks = []
-            for i in range(0, n, 8):
-                ctx = self.context_of[i : i + 8]
-                cond = {k: v[ctx.to(v.device)] for k, v in self.targets.items()}
-                chunks.append(self.family.predict(self.pipe, self.probe.x_t[i : i + 8], self.probe.t[i : i + 8], cond))
-        self.want = torch.cat(chunks)
+            for c, target in enumerate(self.targets):  # by context: targets may differ in length
+                rows = (self.context_of == c).nonzero().flatten().tolist()
+                for i in range(0, len(rows), 8):
+                    pick = rows[i : i + 8]
+                    cond = {k: v.expand(len(pick), *v.shape[1:]) for k, v in target.items()}
+                    out = self.family.predict(self.pipe, self.probe.x_t[pick], self.probe.t[pick], cond)
+                    for j, row in enumerate(pick):
+                        want[row] = out[j]
+        self.want = torch.stack(want)
+        self.want_var = self.want.float().var().clamp_min(1e-8)
+
+    def _guided_pool(self, size: int) -> None:
+        """A negative prompt's pool: every step of guided runs of the training positives with the hard
+        negative, and its predictions there. Where eps(soft) = eps(hard), the guided predictions agree."""
+        steps = max(1, -(-self.cfg.probe_pool * len(self.contexts) // len(TRAIN_POSITIVES)))
+        guided = guided_probe(
+            self.pipe,
+            self.family,
+            TRAIN_POSITIVES,
+            self.targets[0],
+            self.family.guidance,
+            steps,
+            size,
+            self.cfg.seed + 7,
+        )
+        self.probe = Probe(guided.x_t, guided.t)
+        self.context_of = torch.zeros(guided.x_t.shape[0], dtype=torch.long)  # the negative alone
+        self.want = guided.eps_neg
         self.want_var = self.want.float().var().clamp_min(1e-8)
 
     def loss(self, generator: torch.Generator) -> torch.Tensor:
@@ -246,14 +282,14 @@ class TextObjective:
             return F.mse_loss(got.float(), self.want[pick].float()) / self.want_var
         idx = torch.randint(len(self.contexts), (self.cfg.batch_size,), generator=generator)
         pred = self._encode_soft(idx)
-        target = {k: v[idx.to(v.device)].to(pred["states"].device) for k, v in self.targets.items()}
+        target = {k: v[idx.to(v.device)].to(pred["states"].device) for k, v in self.stacked.items()}
         return cond_loss(self.cfg.loss, pred, target, self.alignment, self.scale)
 
     def _fresh_loss(self, generator: torch.Generator) -> torch.Tensor:
         """The denoiser loss on noisy latents drawn this step, the hard prompt's output predicted alongside."""
         idx = torch.randint(len(self.contexts), (self.cfg.batch_size,), generator=generator)
         pred = self._encode_soft(idx)
-        target = {k: v[idx.to(v.device)].to(pred["states"].device) for k, v in self.targets.items()}
+        target = {k: v[idx.to(v.device)].to(pred["states"].device) for k, v in self.stacked.items()}
         seed = int(torch.randint(1 << 30, (1,), generator=generator))
         probe = Probe.make(self.pipe, self.family, self.cfg.batch_size, self.size, seed=seed)
         with torch.no_grad():

@@ -19,12 +19,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write, bytes_writer, together, torch_bytes, write_json
-from .config import TrainConfig, check_config
+from .config import TrainConfig, check_config, read_target
 from .errors import ConfigError, TrainingDiverged, WriteError
 from .families import Family, detect_family
 from .format import SoftPrompt
 from .loader import load_soft_prompt, unload_soft_prompt
-from .measure import Probe, distance_report, join
+from .measure import EVAL_CONTEXTS, EVAL_POSITIVES, Probe, distance_report, join, negative_report
 from .objectives import OBJECTIVES
 from .rows import initial_vectors, moved_to, trainable_rows, vocab_norm
 
@@ -64,7 +64,14 @@ def checkpoint_path(out: Path) -> Path:
 
 def _run_key(cfg: TrainConfig) -> dict:
     """What a checkpoint must agree on to be resumed (not steps: the total may be extended)."""
-    return {"model": cfg.model, "mode": cfg.mode, "target": cfg.target or "", "vectors": cfg.vectors, "loss": cfg.loss}
+    return {
+        "model": cfg.model,
+        "mode": cfg.mode,
+        "role": cfg.role,
+        "target": cfg.target or "",
+        "vectors": cfg.vectors,
+        "loss": cfg.loss,
+    }
 
 
 def save_checkpoint(path: Path, cfg: TrainConfig, step: int, vectors, optimizer, losses: list[float]) -> None:
@@ -161,6 +168,13 @@ def _setup(cfg: TrainConfig, pipe) -> _Run:
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
     family = detect_family(pipe)
+    if cfg.role == "negative" or cfg.negative_prompt:
+        try:  # the family's own refusal (Flux takes no negative prompt), before any work
+            family.call_kwargs(pipe, cfg.negative_prompt or cfg.target)
+        except ConfigError as e:
+            if cfg.role != "negative":
+                raise
+            raise ConfigError(f"--role negative: {str(e).split(';')[0]}; leave --role negative out") from None
     keys = cfg.encoders or list(family.keys)
     unknown = [k for k in keys if k not in family.keys]
     if unknown:
@@ -181,6 +195,7 @@ def train(cfg: TrainConfig, pipe=None) -> TrainResult:
     `pipe`: an already loaded pipeline to train against (its device and dtype are used as they are; it is
     left as it came); by default `cfg.model` is loaded in the dtype that `cfg.mixed_precision` names.
     """
+    cfg = read_target(cfg)
     check_config(cfg)
     try:
         run = _setup(cfg, pipe)
@@ -316,6 +331,7 @@ def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:
         "name": cfg.name or cfg.out_path.stem,
         "family": family.name,
         "objective": done.objective.name,
+        "role": cfg.role,
         "steps": str(cfg.steps),
         "target": cfg.target or "",
         "base_model": cfg.model,
@@ -327,10 +343,16 @@ def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:
     if acc.is_main_process:
         if done.objective.measured:
             probe = Probe.make(pipe, family, cfg.eval_samples, cfg.probe_size, seed=12345)
-            metrics["distance"] = distance_report(pipe, family, "".join(run.tokens), cfg.target, cfg.vectors, probe)
+            soft_text, negative = "".join(run.tokens), cfg.role == "negative"
+            contexts = [""] if negative else EVAL_CONTEXTS  # a negative prompt is used alone
+            metrics["distance"] = distance_report(pipe, family, soft_text, cfg.target, cfg.vectors, probe, contexts)
             for where in ("alone", "composed"):
-                for ratio in ("ratio_to_first_n_words", "ratio_to_empty"):
-                    soft.metadata[f"{where}_{ratio}"] = f"{metrics['distance'][where][ratio]:.4g}"
+                for ratio in ("ratio_to_first_n_words", "ratio_to_empty", "ratio_to_truncated"):
+                    if ratio in metrics["distance"].get(where, {}):
+                        soft.metadata[f"{where}_{ratio}"] = f"{metrics['distance'][where][ratio]:.4g}"
+            if negative:
+                metrics["guided"] = negative_report(pipe, family, soft_text, cfg.target, cfg.vectors, cfg.probe_size)
+                soft.metadata["guided_ratio_to_empty"] = f"{metrics['guided']['soft_ratio_to_empty']:.4g}"
         try:
             with together():  # the soft prompt and its report: both or neither
                 soft.save(cfg.out_path)
@@ -355,14 +377,29 @@ def _fixed_batch_loss(objective, accelerator) -> float:
 
 
 def _validate(pipe, family: Family, cfg: TrainConfig, soft_text: str, step: int) -> None:
-    """A small grid of the validation prompts at fixed seeds, next to the checkpoints."""
+    """A small grid of the validation prompts at fixed seeds, next to the checkpoints.
+
+    A negative soft prompt is shown as what it is for: the first validation prompt (default: a held-out
+    positive) drawn with the soft negative, the hard negative and none."""
     from .generate import run_grid
 
-    prompts = [p.replace("{}", soft_text) for p in cfg.validation_prompts] or (
-        [join(soft_text, "mountain view"), join(cfg.target, "mountain view")]
-        if cfg.mode == "text"
-        else [f"a photo of {soft_text}"]
-    )
+    prompts = [p.replace("{}", soft_text) for p in cfg.validation_prompts]
+    negative = cfg.negative_prompt.replace("{}", soft_text) if cfg.negative_prompt else None
+    labels = None
+    if cfg.role == "negative":
+        positive = prompts[0] if prompts else EVAL_POSITIVES[0]
+        prompts, negative = [positive] * 3, [soft_text, cfg.target, None]
+        labels = [
+            f"{positive} | negative: {soft_text}",
+            f"{positive} | negative: the hard one",
+            f"{positive} | no negative",
+        ]
+    elif not prompts:
+        prompts = (
+            [join(soft_text, "mountain view"), join(cfg.target, "mountain view")]
+            if cfg.mode == "text"
+            else [f"a photo of {soft_text}"]
+        )
     folder = cfg.out_path.with_name(cfg.out_path.stem + ".validation")  # atomic_write makes it
     size = min(cfg.resolution, 512)
     device = pipe.text_encoder.device  # parked parts come back for the grid
@@ -377,6 +414,8 @@ def _validate(pipe, family: Family, cfg: TrainConfig, soft_text: str, step: int)
             width=size,
             model_name=cfg.model,
             out=folder / f"step_{step:06d}.png",
+            negative_prompt=negative,
             progress=False,
             family=family,
+            labels=labels,
         )
