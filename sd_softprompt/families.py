@@ -240,11 +240,22 @@ def _encode_sd3_long(pipe, prompts: list[str]) -> Cond:
     return {"states": torch.cat([clip_states, t5], dim=-2), "pooled": torch.cat(pooled, dim=-1)}
 
 
+def prompt_tokens(pipe, family: Family, prompt: str) -> tuple[int, int]:
+    """(the prompt's tokens, the tokens one window holds) for the encoders that set the denoiser's states
+    (CLIP: 75 of 77 positions; Flux: T5; SD3: CLIP's window, then T5's): the first window it overflows."""
+    for name in family.state_tokenizers:
+        tokenizer = getattr(pipe, name)
+        specials = len(tokenizer("").input_ids)  # start/end-of-text the tokenizer adds
+        n, window = len(tokenizer(prompt, add_special_tokens=False).input_ids), tokenizer.model_max_length - specials
+        if n > window:
+            break
+    return n, window
+
+
 def fits_window(pipe, family: Family, prompt: str) -> bool:
-    """Whether the encoder that sets the denoiser's states (CLIP; Flux: T5) takes the whole prompt in one window."""
-    tokenizer = getattr(pipe, family.state_tokenizers[-1])
-    specials = len(tokenizer("").input_ids)  # start/end-of-text the tokenizer adds
-    return len(tokenizer(prompt, add_special_tokens=False).input_ids) <= tokenizer.model_max_length - specials
+    """Whether the pipeline's own encoding takes the whole prompt (else it cuts it to the window)."""
+    n, window = prompt_tokens(pipe, family, prompt)
+    return n <= window
 
 
 # ---------------------------------------------------------------- denoisers

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .families import Cond, Family, fits_window, prediction_type
+from .families import Cond, Family, fits_window, prediction_type, prompt_tokens
 
 # Held out from training: the composition part of the measure.
 EVAL_CONTEXTS = ["", "mountain view", "with a small boat", "pencil sketch"]
@@ -93,10 +93,16 @@ def distance_report(
     chunks (A1111 / ComfyUI); it is then also compared with what the pipeline makes of it, cut to the window.
     """
     candidates = {"soft": (soft_text, None), "first_n_words": (first_words(hard, n), None), "empty": ("", None)}
-    long = not fits_window(pipe, family, hard)
-    if long:
+    tokens, window = prompt_tokens(pipe, family, hard)
+    if tokens > window:
         candidates["truncated"] = (hard, family.encode)
-    report: dict = {"contexts": list(contexts), "probe_samples": int(probe.x_t.shape[0]), "long_target": long}
+    report: dict = {
+        "contexts": list(contexts),
+        "probe_samples": int(probe.x_t.shape[0]),
+        "target_tokens": tokens,
+        "window": window,
+        "long_target": tokens > window,
+    }
     for where, ctxs in (("alone", [""]), ("composed", [c for c in contexts if c])):
         if not ctxs:
             continue

@@ -1,0 +1,109 @@
+"""Figures for long-prompt compression and negative soft prompts, on the tiny random-weight pipelines.
+
+Long: the ~150-token samples/long_prompt.txt distilled into N vectors; D(soft) against the whole prompt
+encoded in 75-token chunks (A1111 / ComfyUI), next to the prompt as the pipeline encodes it (cut to the
+window), its first N words and "". Negative: samples/negative_prompt.txt distilled with --role negative;
+the guided measure D_guided on held-out positive prompts, soft vs the hard negative cut to the window, its
+first N words, and no negative (Flux takes no negative prompt). Mean over seeds; prints a Markdown table.
+
+    OMP_NUM_THREADS=1 python scripts/measure_long_negative.py --seeds 0 1 2 --steps 150 --vectors 8
+
+The tiny pipelines have random weights: these figures show the method works end to end and how the
+baselines compare on these models, not what a real checkpoint will give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from sd_softprompt import tiny
+from sd_softprompt.families import detect_family
+from sd_softprompt.measure import EVAL_POSITIVES
+from sd_softprompt.train import TrainConfig, train
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+def run(family: str, role: str, seed: int, steps: int, vectors: int, folder: Path) -> dict:
+    pipe = tiny.BUILDERS[family](seed=seed)
+    target = SAMPLES / ("negative_prompt.txt" if role == "negative" else "long_prompt.txt")
+    cfg = TrainConfig(
+        model=f"tiny-{family}",
+        out=str(folder / f"{family}-{role}-{seed}.safetensors"),
+        target_file=str(target),
+        role=role,
+        vectors=vectors,
+        steps=steps,
+        seed=seed,
+        progress=False,
+        probe_size=64,
+        eval_samples=8,
+        checkpoint_every=0,
+    )
+    return train(cfg, pipe=pipe).metrics
+
+
+def mean(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.3f}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--families", nargs="+", default=["sd1", "sd2", "sdxl", "flux"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--vectors", type=int, default=8)
+    p.add_argument("--json", help="also write every run's figures here")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    runs: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in args.families:
+            for role in ("positive", "negative"):
+                pipe = tiny.BUILDERS[family]()
+                if role == "negative" and detect_family(pipe).no_negative(pipe, 1) is None:
+                    continue  # guidance-distilled (Flux): no negative prompt, train refuses it
+                runs[f"{family}/{role}"] = [
+                    run(family, role, s, args.steps, args.vectors, Path(tmp)) for s in args.seeds
+                ]
+    print(f"Long prompt ({args.vectors} vectors, {args.steps} steps, seeds {args.seeds}); D(soft) / D(baseline):\n")
+    print("| family | target tokens | where | / truncated | / first N words | / empty |")
+    print("|---|---|---|---|---|---|")
+    for key, ms in runs.items():
+        family, role = key.split("/")
+        if role != "positive":
+            continue
+        for where in ("alone", "composed"):
+            cells = [
+                mean([m["distance"][where][f"ratio_to_{b}"] for m in ms])
+                for b in ("truncated", "first_n_words", "empty")
+            ]
+            print(f"| {family} | {ms[0]['distance']['target_tokens']} | {where} | " + " | ".join(cells) + " |")
+    print(
+        f"\nNegative prompt, guided measure on {len(EVAL_POSITIVES)} held-out positives x 10 sampler steps"
+        f" ({args.vectors} vectors, {args.steps} steps); D_guided(x) / D_guided(no negative):\n"
+    )
+    print("| family | negative tokens | soft | truncated | first N words |")
+    print("|---|---|---|---|---|")
+    for key, ms in runs.items():
+        family, role = key.split("/")
+        if role != "negative":
+            continue
+        cells = [
+            mean([m["guided"].get(f"{c}_ratio_to_empty", float("nan")) for m in ms])
+            for c in ("soft", "truncated", "first_n_words")
+        ]
+        print(f"| {family} | {ms[0]['distance']['target_tokens']} | " + " | ".join(cells) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(runs, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
