@@ -112,3 +112,19 @@ def test_flux_refuses_a_negative_role_in_one_line(tmp_path, tiny_dirs, capsys):
         and err.count("\n") == 1
         and not out.exists()
     )
+
+
+def test_cli_generate_takes_soft_tokens_in_the_negative_prompt(tmp_path, tiny_dirs):
+    from PIL import Image
+
+    from sd_softprompt.cli import main
+    from sd_softprompt.format import SoftPrompt
+
+    g = torch.Generator().manual_seed(0)
+    SoftPrompt(vectors={"clip_l": torch.randn(2, 32, generator=g)}).save(tmp_path / "neg.safetensors")
+    common = ["generate", "--model", tiny_dirs("sd1"), "--prompt", "a red car", "--steps", "2", "--device", "cpu"]
+    soft = ["--soft", str(tmp_path / "neg.safetensors")]
+    assert main(common + soft + ["--negative-prompt", "[v1][v2]", "--out", str(tmp_path / "soft.png")]) == 0
+    assert main(common + soft + ["--out", str(tmp_path / "none.png")]) == 0
+    a, b = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("soft", "none"))
+    assert a.shape == b.shape and (a != b).any()
