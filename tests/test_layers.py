@@ -16,6 +16,7 @@ LAYERS: list[set[str]] = [
     {"errors"},
     {"atomic", "grid", "tiny_text"},  # atomic raises WriteError; tiny_text: the tiny tokenizers and text configs
     {"__init__"},  # the package facade: errors eagerly, the rest lazily through importlib
+    {"encoding"},  # prompt encoding as the pipelines (and A1111 / ComfyUI for long prompts) do it
     {"families", "scoring"},  # family table; image scorers
     {"keys", "tiny", "toyworld.world"},  # file vocabulary (built from the family table); tiny pipelines
     {"safe_read", "toyworld.judge", "toyworld.model", "toyworld.__init__"},
