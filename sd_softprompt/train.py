@@ -4,7 +4,7 @@ text   (prompt distillation): make "<soft> <context>" act like "<hard prompt> <c
                               denoiser (or, with --loss sequence, on the encoders' states alone); no images
 images (textual inversion):   the denoiser's own loss on cached VAE latents of a folder of pictures
 
-The settings live in config.py, the objectives and losses in objectives.py, the trainable rows in rows.py.
+The settings live in config.py, checkpoints in checkpoints.py, the objectives and losses in objectives.py, the trainable rows in rows.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write, bytes_writer, together, torch_bytes, write_json
+from .atomic import together, write_json
+from .checkpoints import checkpoint_path, load_checkpoint, resume_hint, save_checkpoint_or_warn
 from .config import TrainConfig, check_config, read_target
 from .errors import ConfigError, TrainingDiverged, WriteError
 from .families import Family, detect_family
@@ -55,71 +56,6 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
         return 1.0
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-# ---------------------------------------------------------------- checkpoints
-def checkpoint_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".checkpoint.pt")
-
-
-def _run_key(cfg: TrainConfig) -> dict:
-    """What a checkpoint must agree on to be resumed (not steps: the total may be extended)."""
-    return {
-        "model": cfg.model,
-        "mode": cfg.mode,
-        "role": cfg.role,
-        "target": cfg.target or "",
-        "vectors": cfg.vectors,
-        "loss": cfg.loss,
-    }
-
-
-def save_checkpoint(path: Path, cfg: TrainConfig, step: int, vectors, optimizer, losses: list[float]) -> None:
-    state = {
-        "run": _run_key(cfg),
-        "step": step,
-        "vectors": {k: v.detach().cpu().clone() for k, v in vectors.items()},
-        "optimizer": optimizer.state_dict(),
-        # The data RNG is re-seeded from (seed, step, rank) every step, so (seed, step) is its whole state.
-        "rng": {"seed": cfg.seed, "torch": torch.get_rng_state()},
-        "losses": losses,
-    }
-    atomic_write([(path, bytes_writer(torch_bytes(state)))])  # in memory first: see atomic.py
-
-
-def resume_hint(cfg: TrainConfig) -> str:
-    """Where the run's last checkpoint is and how to go on from it, or that there is none yet."""
-    ckpt = checkpoint_path(cfg.out_path)
-    if not ckpt.exists():
-        every = f"one every {cfg.checkpoint_every} steps" if cfg.checkpoint_every else "--checkpoint-every 0"
-        return f"no checkpoint was written yet ({every}); rerunning starts over"
-    try:
-        step = f" (step {int(torch.load(ckpt, map_location='cpu', weights_only=True)['step'])})"
-    except Exception:  # unreadable: still the file to resume from or delete, as --resume will say
-        step = ""
-    return f"the last checkpoint is {ckpt}{step}: rerun the same command with --resume to continue from it"
-
-
-def _checkpoint(path: Path, cfg: TrainConfig, step: int, vectors, optimizer, losses: list[float], log) -> None:
-    """A checkpoint that cannot be written (full disk) is not worth stopping for: the previous one is kept."""
-    try:
-        save_checkpoint(path, cfg, step, vectors, optimizer, losses)
-    except WriteError as error:
-        log(f"warning: step {step}: {error}; the previous checkpoint is kept and training goes on")
-
-
-def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConfigError(
-            f"{path}: cannot read this checkpoint ({type(e).__name__}); delete it to start over"
-        ) from None
-    if state.get("run") != _run_key(cfg):
-        raise ConfigError(
-            f"{path}: this checkpoint is from another run ({state.get('run')}); delete it or change --out"
-        )
-    return state
 
 
 # ---------------------------------------------------------------- the loop
@@ -288,7 +224,7 @@ def _loop(cfg: TrainConfig, run: _Run) -> LoopResult:
             # The last step too: if the soft prompt and report cannot be written, --resume goes straight to them.
             due = done % cfg.checkpoint_every == 0 or done == cfg.steps if cfg.checkpoint_every else False
             if acc.is_main_process and due:
-                _checkpoint(ckpt, cfg, done, vectors, optimizer, losses, run.log)
+                save_checkpoint_or_warn(ckpt, cfg, done, vectors, optimizer, losses, run.log)
             if acc.is_main_process and cfg.validate_every and done % cfg.validate_every == 0:
                 try:
                     _validate(run.pipe, run.family, cfg, soft_text, done)

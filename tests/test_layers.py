@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
     {"inspection", "generate", "measure"},
     {"objectives", "toyworld.fidelity"},
     {"config"},
+    {"checkpoints"},
     {"rows"},
     {"train"},
     {"demo"},
