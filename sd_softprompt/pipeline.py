@@ -54,11 +54,27 @@ def resolve_dtype(dtype: str | None, device: str, pipeline_class: str | None = N
     return DTYPES[name]
 
 
+def built_in_model(model: str) -> str:
+    """The folder a built-in model name (``toyworld``) stands for; any other ``model`` as it is."""
+    if model != "toyworld":
+        return model
+    from .toyworld.model import MODEL_DIR
+
+    if not (MODEL_DIR / "model_index.json").is_file():
+        raise ConfigError(
+            f"toyworld: the toy model is not in this install ({MODEL_DIR} has no model_index.json); "
+            "reinstall sd-softprompt or train it with scripts/train_toyworld.py"
+        )
+    return str(MODEL_DIR)
+
+
 def load_pipeline(model: str, device: str | None = None, dtype: str | None = None, *, progress: bool = True):
-    """A diffusers pipeline from a hub id or local folder, moved to ``device`` in ``dtype``.
+    """A diffusers pipeline from a hub id, a local folder or a built-in name (``toyworld``), moved to
+    ``device`` in ``dtype``.
 
     ``progress`` switches the pipeline's own denoising progress bar (set_progress_bar_config).
     """
+    model = built_in_model(model)
     device = resolve_device(device)
     chosen = resolve_dtype(dtype, device) if dtype else None  # a bad name fails before anything is read
     local = _local_folder(model)

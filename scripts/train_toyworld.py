@@ -1,0 +1,224 @@
+"""Train the toy world's StableDiffusionPipeline from scratch on rendered scenes; write a diffusers folder.
+
+    python scripts/train_toyworld.py                       # -> sd_softprompt/toyworld/model (fp16 safetensors)
+    python scripts/train_toyworld.py --vae-steps 20 --steps 20 --out /tmp/tw-smoke   # end-to-end smoke run
+
+Stages, each resumable from its last checkpoint in --work (rerun the same command after a stop):
+1. AutoencoderKL on 16 px crops of renders (all convolutions, so it then runs on 64 px: 32x32x4 latents);
+2. the dataset's latents, encoded once (posterior means), and the VAE scaling factor (1 / their std);
+3. CLIPTextModel + UNet2DConditionModel jointly, DDPM epsilon loss, 10% empty captions (for guidance),
+   an exponential moving average of the weights, which is what ships.
+Same seed, same figures: data order and noise come from generators seeded by (seed, stage, step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sd_softprompt.toyworld import model as toy  # noqa: E402
+from sd_softprompt.toyworld.world import HELD_OUT, UNNAMED, caption, random_scene, render_array  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(toy.MODEL_DIR), help="where the diffusers folder goes")
+    p.add_argument("--work", default=".toyworld-work", help="checkpoints and cached latents (resume from here)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=int, default=8000, help="rendered training pictures")
+    p.add_argument("--vae-steps", type=int, default=300)
+    p.add_argument("--vae-batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=1200, help="text encoder + UNet steps")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=8e-4)
+    p.add_argument("--empty", type=float, default=0.1, help="share of empty captions")
+    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--every", type=int, default=100, help="checkpoint every N steps")
+    p.add_argument("--export", action="store_true", help="write the folder from the last checkpoint, train no more")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared 2-core machine)")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------- data
+def dataset(n: int, seed: int):
+    """n (scene, picture) pairs; the held-out scenes and the unnamed combination never appear."""
+    rng = random.Random(seed)
+    exclude = frozenset(HELD_OUT) | {UNNAMED}
+    scenes = [random_scene(rng, exclude) for _ in range(n)]
+    pixels = np.stack([render_array(s, seed * 1_000_003 + i) for i, s in enumerate(scenes)])
+    return scenes, torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    return torch.load(path, weights_only=True) if path.exists() else None
+
+
+# ---------------------------------------------------------------- stage 1: the VAE
+def train_vae(args, pixels: torch.Tensor, work: Path):
+    vae = toy.vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    path, start = work / "vae.pt", 0
+    if (ckpt := load_checkpoint(path)) is not None:
+        vae.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        start = ckpt["step"]
+    vae.train()
+    end = start if args.export and start else args.vae_steps
+    bar = tqdm(range(start, end), initial=start, total=end, desc="vae", mininterval=5)
+    for step in bar:
+        g = torch.Generator().manual_seed(args.seed * 7919 + step)
+        idx = torch.randint(len(pixels), (args.vae_batch,), generator=g)
+        ox, oy = torch.randint(0, 49, (2,), generator=g).tolist()
+        x = pixels[idx, :, oy : oy + 16, ox : ox + 16]
+        posterior = vae.encode(x).latent_dist
+        # the posterior mean, as an autoencoder: sampling at the initial variance (std 1) drowns the
+        # colours for hundreds of steps, and the diffusion model is trained on the means anyway
+        recon = vae.decode(posterior.mean).sample
+        rec = F.mse_loss(recon, x)
+        loss = rec + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(mse=f"{rec.item():.4f}")
+        if (step + 1) % args.every == 0 or step + 1 == args.vae_steps:
+            save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1}, path)
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_latents(vae, pixels: torch.Tensor, work: Path) -> tuple[torch.Tensor, float]:
+    path = work / "latents.pt"
+    if (cached := load_checkpoint(path)) is not None:
+        return cached["latents"], float(cached["scaling"])
+    means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in tqdm(pixels.split(256), desc="latents")])
+    scaling = float(1.0 / means.std())
+    save_atomic({"latents": means, "scaling": torch.tensor(scaling)}, path)
+    return means, scaling
+
+
+# ---------------------------------------------------------------- stage 3: text encoder + UNet
+def train_denoiser(args, scenes, latents: torch.Tensor, scaling: float, tokenizer, work: Path):
+    text_encoder, unet = toy.text_encoder(len(tokenizer)), toy.unet()
+    params = list(text_encoder.parameters()) + list(unet.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    scheduler = toy.train_scheduler()
+    path, start = work / "denoiser.pt", 0
+    if (ckpt := load_checkpoint(path)) is not None:
+        text_encoder.load_state_dict(ckpt["text_encoder"])
+        unet.load_state_dict(ckpt["unet"])
+        opt.load_state_dict(ckpt["opt"])
+        ema = list(ckpt["ema"])
+        start = ckpt["step"]
+    text_encoder.train()
+    unet.train()
+    alphas = scheduler.alphas_cumprod
+    warmup = min(100, args.steps // 10 + 1)
+    end = start if args.export else args.steps
+    bar = tqdm(range(start, end), initial=start, total=end, desc="text encoder + unet", mininterval=5)
+    for step in bar:
+        lr = args.lr * min(1.0, (step + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * step / args.steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        g = torch.Generator().manual_seed(args.seed * 104729 + step)
+        rng = random.Random(args.seed * 104729 + step)
+        idx = torch.randint(len(latents), (args.batch,), generator=g)
+        texts = ["" if rng.random() < args.empty else caption(scenes[i], rng) for i in idx.tolist()]
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+        z0 = latents[idx] * scaling
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=g)
+        a = alphas[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        states = text_encoder(ids.input_ids)[0]
+        loss = F.mse_loss(unet(zt, t, encoder_hidden_states=states).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema, params):
+                e.lerp_(p.detach(), 1 - decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.1e}")
+        if (step + 1) % args.every == 0 or step + 1 == args.steps:
+            state = {"text_encoder": text_encoder.state_dict(), "unet": unet.state_dict(), "opt": opt.state_dict()}
+            save_atomic({**state, "ema": ema, "step": step + 1}, path)
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.copy_(e)
+    return text_encoder.eval(), unet.eval()
+
+
+def write_pipeline(out: Path, tokenizer, text_encoder, unet, vae, scaling: float, info: dict) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    vae.register_to_config(scaling_factor=scaling)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=toy.sample_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).to(torch.float16)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "toyworld.json").write_text(json.dumps(info, indent=2) + "\n", "utf-8")
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    scenes, pixels = dataset(args.images, args.seed)
+    vae = train_vae(args, pixels, work)
+    latents, scaling = encode_latents(vae, pixels, work)
+    tokenizer = toy.tokenizer()
+    text_encoder, unet = train_denoiser(args, scenes, latents, scaling, tokenizer, work)
+    wall = round(time.time() - started, 1)
+    info = {
+        "trained_by": "scripts/train_toyworld.py",
+        "args": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
+        "wall_seconds_this_run": wall,
+        "torch": torch.__version__,
+    }
+    write_pipeline(Path(args.out), tokenizer, text_encoder, unet, vae, scaling, info)
+    print(f"wrote {args.out} ({wall} s this run)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The toy world's renderer, captions, tokenizer, judge and scorers (no trained model needed)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from sd_softprompt.errors import ConfigError
+from sd_softprompt.scoring import ClipScorer, JudgeScorer, Reference
+from sd_softprompt.toyworld import model as toy
+from sd_softprompt.toyworld.fidelity import attributes_in
+from sd_softprompt.toyworld.judge import augment, judge, read
+from sd_softprompt.toyworld.world import (
+    FLAGS,
+    HELD_OUT,
+    MISSION,
+    TIMES,
+    UNNAMED,
+    Scene,
+    caption,
+    mission_caption,
+    random_scene,
+    render,
+    render_array,
+)
+
+
+def test_render_is_seeded_and_each_seed_moves_shapes():
+    scene = Scene.of("sunset", "trees", "house")
+    assert np.array_equal(render_array(scene, 3), render_array(scene, 3))
+    assert not np.array_equal(render_array(scene, 3), render_array(scene, 4))
+    assert render(scene).size == (64, 64)
+
+
+@pytest.mark.parametrize("flag", FLAGS)
+def test_each_attribute_changes_many_pixels(flag):
+    # "visible at 64 px": adding one attribute repaints a sizeable part of the picture
+    base = Scene.of("noon", *(f for f in ("mountains",) if f != flag))
+    more = Scene(base.time, base.flags | {flag})
+    changed = (render_array(base, 0) != render_array(more, 0)).any(-1).mean()
+    assert changed > 0.03, flag
+
+
+def test_scene_rejects_unknown_attributes_with_a_message():
+    with pytest.raises(ValueError, match="unknown attributes"):
+        Scene.of("noon", "volcano")
+    with pytest.raises(ValueError, match="exactly one time"):
+        Scene.of("noon", "night")
+
+
+def test_captions_name_exactly_the_scene_and_vary_in_phrasing():
+    rng = random.Random(0)
+    texts = {caption(MISSION, rng) for _ in range(200)}
+    assert mission_caption() in texts  # the mission's own sentence is one of the phrasings
+    assert len(texts) > 20
+    for _ in range(200):
+        scene = random_scene(rng)
+        assert set(attributes_in(caption(scene, rng))) == scene.attributes
+
+
+def test_training_scenes_exclude_the_unnamed_combination_and_held_out_scenes():
+    rng = random.Random(1)
+    exclude = frozenset(HELD_OUT) | {UNNAMED}
+    drawn = {random_scene(rng, exclude) for _ in range(3000)}
+    assert not drawn & exclude
+    assert MISSION not in exclude
+
+
+def test_tokenizer_has_every_caption_word_whole_with_real_bpe_merges():
+    tokenizer = toy.tokenizer()
+    rng = random.Random(2)
+    words = {w for _ in range(300) for w in caption(random_scene(rng), rng).replace(",", " ").split()}
+    for word in words | {"mountain", "view", "oil", "painting"}:
+        assert tokenizer.tokenize(word) == [word + "</w>"], word
+    assert tokenizer.tokenize("sunrisey") != ["sunrisey</w>"]  # unknown words fall back to BPE pieces
+    assert len(toy.merges()) > 100
+    assert toy.text_encoder(len(tokenizer)).config.eos_token_id == 2  # legacy id, as real SD checkpoints
+
+
+def test_judge_reads_renders_and_augmented_renders():
+    rng, noise = random.Random(3), np.random.default_rng(3)
+    scenes = [random_scene(rng) for _ in range(60)]
+    assert all(judge(render(s, 77 + i)) == s for i, s in enumerate(scenes))
+    augmented = [judge(augment(render(s, 77 + i), noise)) == s for i, s in enumerate(scenes)]
+    assert sum(augmented) >= 57
+
+
+@pytest.mark.parametrize("attribute", FLAGS + ("time",))
+def test_judge_tells_apart_pictures_that_differ_in_one_attribute(attribute):
+    for seed in range(4):
+        base = Scene.of(TIMES[seed], "mountains") if attribute != "mountains" else Scene.of(TIMES[seed], "lake")
+        if attribute == "time":
+            other = Scene(TIMES[(seed + 1) % 4], base.flags)
+        else:
+            other = Scene(base.time, base.flags | {attribute})
+        a, b = judge(render(base, seed)), judge(render(other, seed))
+        assert a == base and b == other
+        assert a.attributes ^ b.attributes == base.attributes ^ other.attributes
+
+
+def test_judge_refuses_a_picture_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="64x64 RGB"):
+        read(np.zeros((32, 32, 3), np.uint8))
+
+
+def test_judge_scorer_is_the_share_of_reference_attributes_found():
+    pictures = [render(Scene.of("sunrise", "trees", "lake"), s) for s in range(2)]
+    scorer = JudgeScorer()
+    assert scorer.score(pictures, Reference(attributes=("sunrise", "trees", "lake")))["F"] == 1.0
+    assert scorer.score(pictures, Reference(attributes=("sunrise", "mountains")))["F"] == 0.5
+    with pytest.raises(ConfigError, match="attributes"):
+        scorer.score(pictures, Reference(prompt="sunrise"))
+
+
+def _tiny_clip():
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from sd_softprompt import tiny
+
+    torch.manual_seed(0)
+    tokenizer = tiny.clip_tokenizer()
+    n = len(tokenizer)
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=n,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=n - 2,
+            eos_token_id=n - 1,
+            pad_token_id=n - 1,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
+    return CLIPModel(config), processor
+
+
+def test_clip_scorer_loads_a_clip_model_folder_and_scores_t_and_i(tmp_path):
+    model, processor = _tiny_clip()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    scorer = ClipScorer(str(tmp_path))
+    sunrise = [render(Scene.of("sunrise", "lake"), s) for s in range(3)]
+    night = [render(Scene.of("night", "house", "snow"), s) for s in range(3)]
+    same = scorer.score(sunrise, Reference(prompt="sunrise lake", images=sunrise))
+    other = scorer.score(sunrise, Reference(prompt="sunrise lake", images=night))
+    assert same["clip_i"] > other["clip_i"]
+    assert same["clip_i"] == pytest.approx(scorer.score(sunrise, Reference(images=sunrise))["clip_i"])
+    assert -1.0 <= same["clip_t"] <= 1.0 and same["clip_t"] == other["clip_t"]
+    assert "clip_t" not in scorer.score(sunrise, Reference(images=night))
+
+
+def test_clip_scorer_says_what_is_wrong(tmp_path):
+    with pytest.raises(ConfigError, match="could not load a CLIPModel"):
+        ClipScorer(str(tmp_path / "missing"))
+    scorer = ClipScorer.from_parts(*_tiny_clip())
+    with pytest.raises(ConfigError, match="reference prompt"):
+        scorer.score([render(Scene.of("noon"))], Reference())
+
+
+def test_built_in_name_says_how_to_get_a_missing_toy_model(monkeypatch, tmp_path):
+    from sd_softprompt.pipeline import built_in_model
+
+    monkeypatch.setattr(toy, "MODEL_DIR", tmp_path / "none")
+    with pytest.raises(ConfigError, match="train_toyworld.py"):
+        built_in_model("toyworld")
+    assert built_in_model("some/model") == "some/model"
