@@ -1,6 +1,6 @@
 """Scoring generated pictures against a reference: one small interface, two implementations.
 
-- ``JudgeScorer`` (the toy world): F, the share of the reference attributes the toy judge finds in the
+- ``toyworld.judge.JudgeScorer`` (the toy world): F, the share of the reference attributes the toy judge finds in the
   pictures, averaged over pictures.
 - ``ClipScorer`` (real models): CLIP-T, the cosine between each picture and the reference prompt, and
   CLIP-I, the mean cosine between each picture and each reference picture, as in the Textual Inversion
@@ -32,19 +32,6 @@ class Scorer(Protocol):
     """Scores pictures against a reference; the keys of the result say which measures it took."""
 
     def score(self, images: Sequence[Image.Image], reference: Reference) -> dict[str, float]: ...
-
-
-class JudgeScorer:
-    """F(pictures | reference attributes), read by the toy world's judge."""
-
-    def score(self, images: Sequence[Image.Image], reference: Reference) -> dict[str, float]:
-        from .toyworld.judge import found
-
-        if not reference.attributes:
-            raise ConfigError("the toy judge scores against attributes: give the reference some (e.g. sunrise, lake)")
-        if not images:
-            raise ConfigError("no pictures to score")
-        return {"F": sum(found(image, reference.attributes) for image in images) / len(images)}
 
 
 class ClipScorer:

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from sd_softprompt.errors import ConfigError
-from sd_softprompt.scoring import ClipScorer, JudgeScorer, Reference
+from sd_softprompt.scoring import ClipScorer, Reference
 from sd_softprompt.toyworld import model as toy
 from sd_softprompt.toyworld.fidelity import attributes_in
-from sd_softprompt.toyworld.judge import augment, judge, read
+from sd_softprompt.toyworld.judge import JudgeScorer, augment, judge, read
 from sd_softprompt.toyworld.world import (
     FLAGS,
     HELD_OUT,

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from ..scoring import JudgeScorer, Reference
+from ..scoring import Reference
+from .judge import JudgeScorer
 from .world import ATTRIBUTES
 
 SEEDS = (0, 1, 2, 3)

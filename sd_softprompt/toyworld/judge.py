@@ -9,11 +9,14 @@ pipeline's own generations.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ..errors import ConfigError
+from ..scoring import Reference
 from .world import HORIZON, SIZE, SKY, TIMES, Scene
 
 # The band of rows where the horizon may lie in a generated picture: readings stay clear of it.
@@ -103,3 +106,14 @@ def augment(picture: Image.Image, rng: np.random.Generator) -> Image.Image:
     x = x * rng.uniform(0.93, 1.07, size=3) + rng.uniform(-12, 12, size=3)
     x = x + rng.normal(0.0, rng.uniform(0.0, 8.0), size=x.shape)
     return Image.fromarray(np.clip(x, 0, 255).astype(np.uint8))
+
+
+class JudgeScorer:
+    """The scoring interface (scoring.Scorer) for the toy world: F(pictures | reference attributes)."""
+
+    def score(self, images: Sequence[Image.Image], reference: Reference) -> dict[str, float]:
+        if not reference.attributes:
+            raise ConfigError("the toy judge scores against attributes: give the reference some (e.g. sunrise, lake)")
+        if not images:
+            raise ConfigError("no pictures to score")
+        return {"F": sum(found(image, reference.attributes) for image in images) / len(images)}
