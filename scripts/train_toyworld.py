@@ -4,7 +4,7 @@
     python scripts/train_toyworld.py --vae-steps 20 --steps 20 --out /tmp/tw-smoke   # end-to-end smoke run
 
 Stages, each resumable from its last checkpoint in --work (rerun the same command after a stop):
-1. AutoencoderKL on 16 px crops of renders (all convolutions, so it then runs on 64 px: 32x32x4 latents);
+1. AutoencoderKL on 32 px crops of renders (all convolutions, so it then runs on 64 px: 32x32x4 latents);
 2. the dataset's latents, encoded once (posterior means), and the VAE scaling factor (1 / their std);
 3. CLIPTextModel + UNet2DConditionModel jointly, DDPM epsilon loss, 10% empty captions (for guidance),
    an exponential moving average of the weights, which is what ships.
@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=8000, help="rendered training pictures")
     p.add_argument("--vae-steps", type=int, default=300)
-    p.add_argument("--vae-batch", type=int, default=64)
+    p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=1200, help="text encoder + UNet steps")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=8e-4)
@@ -75,7 +75,7 @@ def load_checkpoint(path: Path) -> dict | None:
 # ---------------------------------------------------------------- stage 1: the VAE
 def train_vae(args, pixels: torch.Tensor, work: Path):
     vae = toy.vae()
-    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     path, start = work / "vae.pt", 0
     if (ckpt := load_checkpoint(path)) is not None:
         vae.load_state_dict(ckpt["model"])
@@ -87,8 +87,8 @@ def train_vae(args, pixels: torch.Tensor, work: Path):
     for step in bar:
         g = torch.Generator().manual_seed(args.seed * 7919 + step)
         idx = torch.randint(len(pixels), (args.vae_batch,), generator=g)
-        ox, oy = torch.randint(0, 49, (2,), generator=g).tolist()
-        x = pixels[idx, :, oy : oy + 16, ox : ox + 16]
+        ox, oy = torch.randint(0, 33, (2,), generator=g).tolist()
+        x = pixels[idx, :, oy : oy + 32, ox : ox + 32]
         posterior = vae.encode(x).latent_dist
         # the posterior mean, as an autoencoder: sampling at the initial variance (std 1) drowns the
         # colours for hundreds of steps, and the diffusion model is trained on the means anyway

@@ -54,7 +54,7 @@ def vae():
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
-        mid_block_add_attention=False,  # all convolutions: it trains on 16 px crops and runs on 64 px
+        mid_block_add_attention=False,  # all convolutions: it trains on 32 px crops and runs on 64 px
         sample_size=SIZE,
     )
 
