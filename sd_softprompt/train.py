@@ -289,6 +289,8 @@ def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:
             if negative:
                 metrics["guided"] = negative_report(pipe, family, soft_text, cfg.target, cfg.vectors, cfg.probe_size)
                 soft.metadata["guided_ratio_to_empty"] = f"{metrics['guided']['soft_ratio_to_empty']:.4g}"
+        if cfg.mode == "text" and cfg.target:
+            _toyworld_fidelity(pipe, "".join(run.tokens), cfg, metrics, soft.metadata)
         try:
             with together():  # the soft prompt and its report: both or neither
                 soft.save(cfg.out_path)
@@ -305,6 +307,20 @@ def _spread_between_processes(acc, vectors: dict[str, torch.nn.Parameter]) -> fl
     flat = torch.cat([v.detach().float().flatten() for v in vectors.values()]).unsqueeze(0)
     every = acc.gather(flat)  # [processes, numbers]; one process: itself
     return (every - every[:1]).abs().max().item()
+
+
+def _toyworld_fidelity(pipe, soft_text: str, cfg: TrainConfig, metrics: dict, metadata: dict) -> None:
+    """On the toy world, fidelity in pictures: F of the soft prompt and its baselines, alone and composed."""
+    from .toyworld.model import is_toyworld
+
+    if not is_toyworld(pipe):
+        return
+    from .toyworld.fidelity import fidelity_table
+
+    metrics["fidelity"] = fidelity_table(pipe, soft_text, cfg.target, cfg.vectors)
+    for name, row in metrics["fidelity"].items():
+        for where, value in row.items():
+            metadata[f"F_{name}_{where}"] = f"{value:.4g}"
 
 
 def _fixed_batch_loss(objective, accelerator) -> float:

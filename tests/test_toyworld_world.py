@@ -182,3 +182,15 @@ def test_built_in_name_says_how_to_get_a_missing_toy_model(monkeypatch, tmp_path
     with pytest.raises(ConfigError, match="train_toyworld.py"):
         built_in_model("toyworld")
     assert built_in_model("some/model") == "some/model"
+
+
+def test_is_toyworld_reads_the_trainers_mark_in_the_pipeline_folder(tmp_path):
+    from types import SimpleNamespace
+
+    def pipe_from(folder):
+        return SimpleNamespace(config=SimpleNamespace(_name_or_path=str(folder)))
+
+    assert not toy.is_toyworld(pipe_from(tmp_path))
+    (tmp_path / "toyworld.json").write_text("{}", "utf-8")
+    assert toy.is_toyworld(pipe_from(tmp_path))
+    assert not toy.is_toyworld(SimpleNamespace())

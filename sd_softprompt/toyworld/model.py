@@ -17,6 +17,12 @@ SIZE = 64
 TEXT_WIDTH = 64
 
 
+def is_toyworld(pipe) -> bool:
+    """Whether ``pipe`` was loaded from a folder that scripts/train_toyworld.py wrote (it leaves toyworld.json)."""
+    folder = getattr(getattr(pipe, "config", None), "_name_or_path", None)
+    return bool(folder) and (Path(folder) / "toyworld.json").is_file()
+
+
 def vocabulary() -> list[str]:
     """Whole-word tokens: the captions' words first, then the tiny models' filler words (baselines, contexts)."""
     words = captions_vocabulary()
