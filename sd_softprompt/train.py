@@ -289,7 +289,7 @@ def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:
             if negative:
                 metrics["guided"] = negative_report(pipe, family, soft_text, cfg.target, cfg.vectors, cfg.probe_size)
                 soft.metadata["guided_ratio_to_empty"] = f"{metrics['guided']['soft_ratio_to_empty']:.4g}"
-        if cfg.mode == "text" and cfg.target:
+        if cfg.mode == "text" and cfg.target and cfg.role != "negative":
             _toyworld_fidelity(pipe, "".join(run.tokens), cfg, metrics, soft.metadata)
         try:
             with together():  # the soft prompt and its report: both or neither
