@@ -142,27 +142,32 @@ def run_grid(
     cell_w, cell_h = rows[0][0].size
     caption = grid_caption(model_name, steps, guidance, cell_h, cell_w)
     grid = make_grid(rows, list(labels or prompts), [f"seed {seed}" for seed in seeds], caption)
-    record = {
+    record = _record(pipe, family, model_name, list(prompts), seeds, steps, guidance, cell_h, cell_w, soft_files)
+    record["negative_prompt"] = negative_prompt if isinstance(negative_prompt, (str, type(None))) else negatives
+    record["timings"] = {
+        "total_s": round(time.perf_counter() - started, 3),
+        "per_row_s": seconds,  # one batched call per row
+    }
+    return _write_grid(target, grid, record)
+
+
+def _record(pipe, family, model_name, prompts, seeds, steps, guidance, height, width, soft_files) -> dict:
+    """What every grid's JSON record says about how it was drawn (callers add their own fields)."""
+    return {
         "model": model_name,
         "family": family.name,
-        "prompts": list(prompts),
-        "negative_prompt": negative_prompt if isinstance(negative_prompt, (str, type(None))) else negatives,
+        "prompts": prompts,
         "seeds": list(seeds),
         "steps": steps,
         "guidance": guidance,
-        "height": cell_h,
-        "width": cell_w,
+        "height": height,
+        "width": width,
         "soft_tokens": loaded_tokens(pipe),
         "soft_prompt_files": [str(path) for path in soft_files],
         "device": str(pipe.device),
         "dtype": str(pipe.dtype).replace("torch.", ""),
-        "timings": {
-            "total_s": round(time.perf_counter() - started, 3),
-            "per_row_s": seconds,  # one batched call per row
-        },
         "version": _version(),
     }
-    return _write_grid(target, grid, record)
 
 
 def _write_grid(target: Path, grid: Image.Image, record: dict) -> tuple[Path, Path]:
@@ -240,24 +245,10 @@ def run_interpolation(
     )
     labels = [f"t={t:g}" + (" (A)" if t == 0 else " (B)" if t == 1 else "") for t in ts]
     grid = make_grid(rows, [f"seed {seed}" for seed in seeds], labels, caption)
-    record = {
-        "model": model_name,
-        "family": family.name,
-        "prompts": [prompt],
-        "interpolate": {"a": names[0], "b": names[1], "t": ts, "tokens": tokens, "weights": "(1 - t, t)"},
-        "negative_prompt": negative_prompt,
-        "seeds": list(seeds),
-        "steps": steps,
-        "guidance": guidance,
-        "height": cell_h,
-        "width": cell_w,
-        "soft_tokens": loaded_tokens(pipe),
-        "soft_prompt_files": [str(path) for path in soft_files],
-        "device": str(pipe.device),
-        "dtype": str(pipe.dtype).replace("torch.", ""),
-        "timings": {"total_s": round(time.perf_counter() - started, 3)},
-        "version": _version(),
-    }
+    record = _record(pipe, family, model_name, [prompt], seeds, steps, guidance, cell_h, cell_w, soft_files)
+    record["interpolate"] = {"a": names[0], "b": names[1], "t": ts, "tokens": tokens, "weights": "(1 - t, t)"}
+    record["negative_prompt"] = negative_prompt
+    record["timings"] = {"total_s": round(time.perf_counter() - started, 3)}
     return _write_grid(target, grid, record)
 
 
