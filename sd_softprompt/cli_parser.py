@@ -47,7 +47,9 @@ def _command(commands, name: str, help_: str, example: str, command: str) -> arg
 
 def _model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument(
-        "--model", required=required, help="hub id (owner/name) or local folder of a diffusers pipeline"
+        "--model",
+        required=required,
+        help="hub id (owner/name), local folder of a diffusers pipeline, or toyworld (the built-in toy model)",
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default: fp16 on a GPU, fp32 on the CPU")
@@ -159,19 +161,25 @@ def _add_inspect(commands) -> None:
 
 
 def _add_demo(commands) -> None:
-    from .demo import DEMO_FAMILIES, TRAIN_STEPS
+    from .demo import DEMO_FAMILIES, TOYWORLD_STEPS, TRAIN_STEPS
 
     p = _command(
         commands,
         "demo",
-        "End to end on a tiny random-weight model, offline, on a CPU: train, load, grid, inspect.",
-        f"{PROG} demo --family sd1 --out samples/demo",
+        "End to end, offline, on a CPU: train a soft prompt on the toy world, load it, draw a grid, measure F.",
+        f"{PROG} demo --out samples/demo\n  {PROG} demo --family sdxl   # a tiny random-weight SDXL pipeline",
         "demo",
     )
-    p.add_argument("--family", choices=DEMO_FAMILIES, default="sd1", help="tiny pipeline to use (default %(default)s)")
+    p.add_argument(
+        "--family",
+        choices=DEMO_FAMILIES,
+        help="run on this family's tiny random-weight pipeline instead of the toy world (its pictures are noise)",
+    )
     p.add_argument("--out", default="samples/demo", help="output folder (default %(default)s)")
-    p.add_argument("--steps", type=int, default=TRAIN_STEPS, help="training steps (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the tiny model and training (default %(default)s)")
+    p.add_argument(
+        "--steps", type=int, help=f"training steps (default {TOYWORLD_STEPS} on the toy world, {TRAIN_STEPS} tiny)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for training (and the tiny model) (default %(default)s)")
     p.add_argument("--device", help="default: cuda if available, else cpu")
 
 
@@ -299,7 +307,10 @@ TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "eval_samples": ("--eval-samples", {"type": int, "help": "noisy latents in the denoiser-distance probe"}),
     "probe_size": (
         "--probe-size",
-        {"type": int, "help": "image size of the probe (default: the model's, at most 512)"},
+        {
+            "type": int,
+            "help": "image size of the probe and, in text mode, of validation grids (default: the model's, at most 512)",
+        },
     ),
     "device": ("--device", {"help": "cpu, cuda, cuda:1 (default: cuda if available, else cpu)"}),
     "offload": (

@@ -57,7 +57,7 @@ class TrainConfig:
     resume: bool = False
     probe_pool: int = 32  # denoiser loss: noisy latents per context whose hard-prompt targets are computed once
     eval_samples: int = 8  # noisy latents in the denoiser-distance probe
-    probe_size: int | None = None  # image size of the probe (default: the model's, at most 512)
+    probe_size: int | None = None  # probe's and text-mode validation grids' image size (default: model's, <=512)
     device: str | None = None
     offload: bool = True  # park frozen parts a step does not run (VAE, text-mode denoiser) in CPU memory
     progress: bool = True

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,6 +37,7 @@ class TrainResult:
     soft_prompt: Path  # the written soft prompt file
     report: Path  # the report JSON beside it
     metrics: dict  # what the report holds
+    pictures: dict = field(default_factory=dict)  # toy world: the pictures F judged, by prompt (one per seed)
 
 
 def unused_in_loop(cfg: TrainConfig, family: Family) -> list[str]:
@@ -276,6 +277,7 @@ def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:
         "loss_last": f"{losses[-1]:.6g}",
     }
     report = cfg.out_path.with_name(cfg.out_path.stem + ".report.json")
+    pictures: dict = {}
     if acc.is_main_process:
         if done.objective.measured:
             probe = Probe.make(pipe, family, cfg.eval_samples, cfg.probe_size, seed=12345)
@@ -290,7 +292,7 @@ def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:
                 metrics["guided"] = negative_report(pipe, family, soft_text, cfg.target, cfg.vectors, cfg.probe_size)
                 soft.metadata["guided_ratio_to_empty"] = f"{metrics['guided']['soft_ratio_to_empty']:.4g}"
         if cfg.mode == "text" and cfg.target and cfg.role != "negative":
-            _toyworld_fidelity(pipe, "".join(run.tokens), cfg, metrics, soft.metadata)
+            pictures = _toyworld_fidelity(pipe, "".join(run.tokens), cfg, metrics, soft.metadata)
         try:
             with together():  # the soft prompt and its report: both or neither
                 soft.save(cfg.out_path)
@@ -299,7 +301,7 @@ def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:
             raise WriteError(f"{error}; {resume_hint(cfg)}") from None
         checkpoint_path(cfg.out_path).unlink(missing_ok=True)  # the finished file supersedes the checkpoint
     acc.wait_for_everyone()
-    return TrainResult(cfg.out_path, report, metrics)
+    return TrainResult(cfg.out_path, report, metrics, pictures)
 
 
 def _spread_between_processes(acc, vectors: dict[str, torch.nn.Parameter]) -> float:
@@ -309,18 +311,21 @@ def _spread_between_processes(acc, vectors: dict[str, torch.nn.Parameter]) -> fl
     return (every - every[:1]).abs().max().item()
 
 
-def _toyworld_fidelity(pipe, soft_text: str, cfg: TrainConfig, metrics: dict, metadata: dict) -> None:
-    """On the toy world, fidelity in pictures: F of the soft prompt and its baselines, alone and composed."""
+def _toyworld_fidelity(pipe, soft_text: str, cfg: TrainConfig, metrics: dict, metadata: dict) -> dict:
+    """On the toy world, fidelity in pictures: F of the soft prompt and its baselines, alone and composed.
+    Returns the pictures judged, by prompt (a caller may show them without drawing them again)."""
     from .toyworld.model import is_toyworld
 
+    pictures: dict = {}
     if not is_toyworld(pipe):
-        return
+        return pictures
     from .toyworld.fidelity import fidelity_table
 
-    metrics["fidelity"] = fidelity_table(pipe, soft_text, cfg.target, cfg.vectors)
+    metrics["fidelity"] = fidelity_table(pipe, soft_text, cfg.target, cfg.vectors, pictures=pictures)
     for name, row in metrics["fidelity"].items():
         for where, value in row.items():
             metadata[f"F_{name}_{where}"] = f"{value:.4g}"
+    return pictures
 
 
 def _fixed_batch_loss(objective, accelerator) -> float:
@@ -353,7 +358,8 @@ def _validate(pipe, family: Family, cfg: TrainConfig, soft_text: str, step: int)
             else [f"a photo of {soft_text}"]
         )
     folder = cfg.out_path.with_name(cfg.out_path.stem + ".validation")  # atomic_write makes it
-    size = min(cfg.resolution, 512)
+    # text mode has no training pictures: draw at the size it measures at (--probe-size), if one is set
+    size = cfg.probe_size if cfg.mode == "text" and cfg.probe_size else min(cfg.resolution, 512)
     device = pipe.text_encoder.device  # parked parts come back for the grid
     with moved_to(pipe, ["vae", family.denoiser], device):
         run_grid(
