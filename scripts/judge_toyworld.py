@@ -1,5 +1,6 @@
 """The toy judge's figures: accuracy on held-out renders, and agreement with the caption on the toy
-pipeline's own generations from captions it never saw in training.
+pipeline's own generations: from captions of scenes it never saw in training (held out: compositions of
+attributes it learned apart), and, for comparison, of scenes it was trained on.
 
     python scripts/judge_toyworld.py                      # both, with the shipped model
     python scripts/judge_toyworld.py --renders-only       # the first figure only (no model needed)
@@ -23,7 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sd_softprompt.toyworld import fidelity as fid  # noqa: E402
 from sd_softprompt.toyworld.judge import augment, judge  # noqa: E402
-from sd_softprompt.toyworld.world import FLAGS, HELD_OUT, Scene, caption, random_scene, render  # noqa: E402
+from sd_softprompt.toyworld.world import (  # noqa: E402
+    FLAGS,
+    HELD_OUT,
+    UNNAMED,
+    Scene,
+    caption,
+    random_scene,
+    render,
+)
 
 
 def decisions(truth: Scene, seen: Scene) -> dict[str, bool]:
@@ -53,19 +62,28 @@ def on_renders(n: int, seed: int) -> dict[str, float]:
     return summarise(rows)
 
 
-def on_generations(model: str, captions_per_scene: int, seeds: list[int], steps: int, guidance: float):
-    """The pipeline's pictures for captions of scenes held out of its training."""
-    from sd_softprompt.pipeline import load_pipeline
-
-    pipe = load_pipeline(model, device="cpu", progress=False)
+def on_generations(pipe, scenes, captions_per_scene: int, seeds: list[int], steps: int, guidance: float):
+    """The pipeline's pictures for captions of ``scenes``: the judge's reading against the caption."""
     rng = random.Random(0)
     rows = []
-    for scene in HELD_OUT:
+    for scene in scenes:
         for _ in range(captions_per_scene):
             text = caption(scene, rng)
             for picture in fid.draw(pipe, text, seeds, steps, guidance):
                 rows.append(decisions(scene, judge(picture)))
     return summarise(rows), len(rows)
+
+
+def trained_scenes(n: int) -> list[Scene]:
+    """n scenes the model was trained on (not held out, not the unnamed combination), for comparison."""
+    exclude = frozenset(HELD_OUT) | {UNNAMED}
+    rng = random.Random(11)
+    out: list[Scene] = []
+    while len(out) < n:
+        scene = random_scene(rng, exclude)
+        if scene not in out and len(scene.flags) >= 2:
+            out.append(scene)
+    return out
 
 
 def main() -> None:
@@ -81,14 +99,14 @@ def main() -> None:
     torch.set_num_threads(1)
     result = {"renders": {"pictures": args.renders, "accuracy": on_renders(args.renders, seed=1)}}
     if not args.renders_only:
-        agreement, count = on_generations(args.model, args.captions, args.seeds, args.steps, args.guidance)
-        result["generations"] = {
-            "pictures": count,
-            "held_out_scenes": len(HELD_OUT),
-            "steps": args.steps,
-            "guidance": args.guidance,
-            "agreement": agreement,
-        }
+        from sd_softprompt.pipeline import load_pipeline
+
+        pipe = load_pipeline(args.model, device="cpu", progress=False)
+        settings = {"steps": args.steps, "guidance": args.guidance, "seeds": args.seeds}
+        # held-out scenes: compositions the model never saw; trained scenes: new pictures of seen ones
+        for name, scenes in (("held_out_scenes", HELD_OUT), ("trained_scenes", trained_scenes(len(HELD_OUT)))):
+            agreement, count = on_generations(pipe, scenes, args.captions, args.seeds, args.steps, args.guidance)
+            result[name] = {"scenes": len(scenes), "pictures": count, **settings, "agreement": agreement}
     print(json.dumps(result, indent=2))
 
 

@@ -11,7 +11,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -114,11 +114,13 @@ def run_grid(
     progress: bool = True,
     family: Family | None = None,
     labels: Sequence[str] | None = None,
+    drawn: Mapping[str, Sequence[Image.Image]] | None = None,
 ) -> tuple[Path, Path]:
     """Draw every prompt (rows) with every seed (columns); write the labelled grid and ``<stem>.json``.
 
     ``negative_prompt``: one for every row, or a list with one per row (rows that compare negatives);
-    ``labels``: row labels (default: the prompts)."""
+    ``labels``: row labels (default: the prompts); ``drawn``: pictures already drawn with these seeds,
+    steps, guidance and size, by prompt (rows without a negative prompt reuse them instead of drawing)."""
     if not prompts or not seeds:
         raise ConfigError("a grid needs at least one prompt and one seed")
     negatives = (
@@ -135,7 +137,10 @@ def run_grid(
     with tqdm(total=len(prompts) * len(seeds), desc="grid", unit="image", disable=not progress) as bar:
         for prompt, negative in zip(prompts, negatives):  # one batched call per row: every seed of the row at once
             tick = time.perf_counter()
-            rows.append(generate_batch(pipe, prompt, seeds, steps, guidance, height, width, negative, family))
+            if drawn is not None and negative is None and prompt in drawn:
+                rows.append(list(drawn[prompt]))
+            else:
+                rows.append(generate_batch(pipe, prompt, seeds, steps, guidance, height, width, negative, family))
             seconds.append(round(time.perf_counter() - tick, 3))
             bar.update(len(seeds))
 

@@ -50,18 +50,23 @@ def fidelity_table(
     seeds: Sequence[int] = SEEDS,
     steps: int = STEPS,
     guidance: float = GUIDANCE,
+    pictures: dict[str, list[Image.Image]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """F of the soft prompt, the hard prompt, its first ``words`` words and the empty prompt, each alone
-    (reference: the target's attributes) and composed with ``compose`` (reference: those + compose's)."""
+    (reference: the target's attributes) and composed with ``compose`` (reference: those + compose's).
+    ``pictures``, if given, receives what was judged: prompt -> one picture per seed."""
     reference = attributes_in(target)
     composed_reference = tuple(dict.fromkeys(reference + attributes_in(compose)))
     rows = {"soft": soft, "hard": target, f"first_{words}": " ".join(target.split()[:words]), "empty": ""}
+    drawn = {} if pictures is None else pictures
     table: dict[str, dict[str, float]] = {}
     for name, prompt in rows.items():
         composed = f"{prompt} {compose}".strip()
+        for text in (prompt, composed):
+            drawn[text] = draw(pipe, text, seeds, steps, guidance)
         table[name] = {
-            "alone": round(fidelity(draw(pipe, prompt, seeds, steps, guidance), reference), 4),
-            "composed": round(fidelity(draw(pipe, composed, seeds, steps, guidance), composed_reference), 4),
+            "alone": round(fidelity(drawn[prompt], reference), 4),
+            "composed": round(fidelity(drawn[composed], composed_reference), 4),
         }
     return table
 
