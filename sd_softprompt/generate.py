@@ -24,6 +24,7 @@ from .families import Family, detect_family
 from .format import SoftPrompt
 from .grid import make_grid
 from .loader import load_soft_prompt, loaded_tokens, unload_soft_prompt
+from .scoring import Reference, Scorer, score_rows
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes at most 64 bits
 
@@ -115,14 +116,19 @@ def run_grid(
     family: Family | None = None,
     labels: Sequence[str] | None = None,
     drawn: Mapping[str, Sequence[Image.Image]] | None = None,
+    scorer: Scorer | None = None,
+    reference: Reference | None = None,
 ) -> tuple[Path, Path]:
     """Draw every prompt (rows) with every seed (columns); write the labelled grid and ``<stem>.json``.
 
     ``negative_prompt``: one for every row, or a list with one per row (rows that compare negatives);
     ``labels``: row labels (default: the prompts); ``drawn``: pictures already drawn with these seeds,
-    steps, guidance and size, by prompt (rows without a negative prompt reuse them instead of drawing)."""
+    steps, guidance and size, by prompt (rows without a negative prompt reuse them instead of drawing);
+    ``scorer`` + ``reference``: score each row's pictures (``scoring.score_rows``) into the record's ``scores``."""
     if not prompts or not seeds:
         raise ConfigError("a grid needs at least one prompt and one seed")
+    if (scorer is None) != (reference is None):
+        raise ConfigError("scoring a grid needs both a scorer and a reference (or neither)")
     negatives = (
         list(negative_prompt) if isinstance(negative_prompt, (list, tuple)) else [negative_prompt] * len(prompts)
     )
@@ -153,7 +159,23 @@ def run_grid(
         "total_s": round(time.perf_counter() - started, 3),
         "per_row_s": seconds,  # one batched call per row
     }
+    if scorer is not None:
+        record["scores"] = _scores_record(rows, list(prompts), scorer, reference)
     return _write_grid(target, grid, record)
+
+
+def _scores_record(rows: list[list[Image.Image]], prompts: list[str], scorer: Scorer, reference: Reference) -> dict:
+    """The grid record's ``scores``: what was scored against, then one entry per row (its prompt and scores)."""
+    # The Scorer protocol asks only for score(); a scorer's name, when it has one, says which model scored.
+    entry = {
+        "scorer": getattr(scorer, "name", type(scorer).__name__),
+        "reference_prompt": reference.prompt,
+        "reference_images": len(reference.images),
+    }
+    if reference.attributes:  # the toy judge's reference
+        entry["reference_attributes"] = list(reference.attributes)
+    entry["rows"] = [{"prompt": p, **s} for p, s in zip(prompts, score_rows(rows, reference, scorer))]
+    return entry
 
 
 def _record(pipe, family, model_name, prompts, seeds, steps, guidance, height, width, soft_files) -> dict:

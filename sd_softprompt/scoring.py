@@ -5,6 +5,9 @@
 - ``ClipScorer`` (real models): CLIP-T, the cosine between each picture and the reference prompt, and
   CLIP-I, the mean cosine between each picture and each reference picture, as in the Textual Inversion
   and DreamBooth papers. It takes any transformers ``CLIPModel`` id or local folder (``--clip-model``).
+
+``score_rows`` scores each row of a finished grid (all its seeds) with either; ``generate.run_grid`` records
+the result in the grid's JSON (``scores``) and ``sd-softprompt grid --clip-model`` prints it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ class Scorer(Protocol):
     def score(self, images: Sequence[Image.Image], reference: Reference) -> dict[str, float]: ...
 
 
+def score_rows(
+    images_by_row: Sequence[Sequence[Image.Image]], reference: Reference, scorer: Scorer
+) -> list[dict[str, float]]:
+    """One score dict per row of pictures (e.g. a grid row: one picture per seed), in row order."""
+    return [scorer.score(list(row), reference) for row in images_by_row]
+
+
 class ClipScorer:
     """CLIP-T and CLIP-I with a transformers CLIPModel (hub id or local folder; nothing is downloaded
     unless the id is not cached and the network allows it)."""
@@ -51,12 +61,14 @@ class ClipScorer:
                 "pass a hub id like openai/clip-vit-base-patch32 or a folder saved with save_pretrained"
             ) from None
         self.device = device
+        self.name = f"clip:{model}"  # what a grid's JSON record names as its scorer
 
     @classmethod
     def from_parts(cls, model, processor, device: str = "cpu") -> ClipScorer:
         """A scorer around an already built CLIPModel and CLIPProcessor (tests, callers that hold one)."""
         scorer = cls.__new__(cls)
         scorer.model, scorer.processor, scorer.device = model.to(device).eval(), processor, device
+        scorer.name = f"clip:{model.config.name_or_path or 'in memory'}"
         return scorer
 
     @torch.no_grad()
