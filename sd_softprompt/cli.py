@@ -81,6 +81,7 @@ def _grid(args) -> int:
     from .generate import default_guidance, grid_target, image_path, run_grid
 
     out = image_path(grid_target(Path(args.out)))
+    scorer, reference = _clip_scoring(args)  # a bad --clip-model or reference fails before the (slow) model load
     if args.interpolate:
         return _interpolation_grid(args, out)
     pipe, family, soft_files = _pipeline_with_soft(args)
@@ -99,9 +100,46 @@ def _grid(args) -> int:
         negative_prompt=args.negative_prompt,
         soft_files=soft_files,
         family=family,
+        scorer=scorer,
+        reference=reference,
     )
     print(f"wrote {grid}\nwrote {record}")
+    if scorer is not None:  # printed from the record, so the lines say exactly what was written
+        for row in json.loads(record.read_text(encoding="utf-8"))["scores"]["rows"]:
+            values = "  ".join(f"{key} {value:.4f}" for key, value in row.items() if key != "prompt")
+            print(f"{values}  {row['prompt']}")
     return 0
+
+
+def _clip_scoring(args):
+    """--clip-model's scorer and its reference (prompt and/or pictures), or (None, None) without it."""
+    from .errors import ConfigError
+
+    if args.clip_model is None:
+        if args.reference_prompt is not None or args.reference_images is not None:
+            raise ConfigError(
+                "--reference-prompt and --reference-images are what --clip-model scores against; "
+                "add --clip-model ID_OR_FOLDER (e.g. openai/clip-vit-base-patch32)"
+            )
+        return None, None
+    if args.interpolate:
+        raise ConfigError("--clip-model scores the rows of a --compare grid; leave it out with --interpolate")
+    if args.reference_prompt is None and args.reference_images is None:
+        raise ConfigError(
+            "--clip-model needs something to compare with: pass --reference-prompt TEXT (CLIP-T) "
+            "and/or --reference-images DIR (CLIP-I)"
+        )
+    from .images import read_images
+    from .pipeline import resolve_device
+    from .scoring import ClipScorer, Reference
+
+    pictures: list = []
+    if args.reference_images is not None:
+        pictures, warnings = read_images(args.reference_images, "--reference-images")
+        for warning in warnings:
+            print(f"{PROG}: warning: {args.reference_images}: {warning}", file=sys.stderr)
+    scorer = ClipScorer(args.clip_model, device=resolve_device(args.device))
+    return scorer, Reference(prompt=args.reference_prompt, images=pictures)
 
 
 def _interpolation_grid(args, out: Path) -> int:

@@ -109,6 +109,9 @@ def _add_grid(commands) -> None:
         f'      --prompt "[v1][v2][v3] mountain view" \\\n'
         f'      --compare "image of serene landscape at sunrise with trees mountains and lake mountain view" \\\n'
         f'      --compare "mountain view" --seeds 0 1 2 --out grid.png\n'
+        f'  {PROG} grid --model ... --soft sunrise.safetensors --prompt "[v1][v2][v3] mountain view" \\\n'
+        f'      --compare "mountain view" --clip-model openai/clip-vit-base-patch32 \\\n'
+        f'      --reference-prompt "mountain view at sunrise" --reference-images ./sunrise_photos\n'
         f"  {PROG} grid --model ... --interpolate dawn.safetensors dusk.safetensors --interpolate-steps 5 \\\n"
         f'      --prompt "[v1][v2][v3] mountain view" --seeds 0 --out dawn_to_dusk.png',
         "grid",
@@ -139,6 +142,18 @@ def _add_grid(commands) -> None:
         default=5,
         metavar="K",
         help="with --interpolate: columns, A and B included (default %(default)s); --steps stays the sampler's",
+    )
+    p.add_argument(
+        "--clip-model",
+        metavar="ID_OR_FOLDER",
+        help="score each row's pictures with this transformers CLIPModel (hub id or folder): CLIP-T against "
+        "--reference-prompt, CLIP-I against --reference-images; the scores go in the JSON record and are printed",
+    )
+    p.add_argument("--reference-prompt", metavar="TEXT", help="with --clip-model: the prompt CLIP-T compares with")
+    p.add_argument(
+        "--reference-images",
+        metavar="DIR",
+        help="with --clip-model: a folder of png/jpg/jpeg/webp pictures CLIP-I compares with",
     )
     _sampling_args(p)
     p.add_argument(
