@@ -53,3 +53,55 @@ def tiny_dirs(tmp_path_factory):
         return cache[family]
 
     return get
+
+
+def _build_tiny_clip():
+    """A tiny random CLIPModel (2 layers, width 32, 32x32 pictures) and its processor, seeded."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(0)
+    tokenizer = tiny.clip_tokenizer()
+    n = len(tokenizer)
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=n,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=n - 2,
+            eos_token_id=n - 1,
+            pad_token_id=n - 1,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
+    return CLIPModel(config), processor
+
+
+@pytest.fixture
+def tiny_clip():
+    """Builds a tiny random (CLIPModel, CLIPProcessor) pair, the same each call."""
+    return _build_tiny_clip
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> str:
+    """The tiny random CLIPModel and its processor saved with save_pretrained (a --clip-model folder)."""
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    model, processor = _build_tiny_clip()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)

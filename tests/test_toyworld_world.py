@@ -6,7 +6,6 @@ import random
 
 import numpy as np
 import pytest
-import torch
 
 from sd_softprompt.errors import ConfigError
 from sd_softprompt.scoring import ClipScorer, Reference
@@ -115,48 +114,8 @@ def test_judge_scorer_is_the_share_of_reference_attributes_found():
         scorer.score(pictures, Reference(prompt="sunrise"))
 
 
-def _tiny_clip():
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    from sd_softprompt import tiny
-
-    torch.manual_seed(0)
-    tokenizer = tiny.clip_tokenizer()
-    n = len(tokenizer)
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=n,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=n - 2,
-            eos_token_id=n - 1,
-            pad_token_id=n - 1,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        ),
-        projection_dim=16,
-    )
-    processor = CLIPProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tokenizer,
-    )
-    return CLIPModel(config), processor
-
-
-def test_clip_scorer_loads_a_clip_model_folder_and_scores_t_and_i(tmp_path):
-    model, processor = _tiny_clip()
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
-    scorer = ClipScorer(str(tmp_path))
+def test_clip_scorer_loads_a_clip_model_folder_and_scores_t_and_i(tiny_clip_dir):
+    scorer = ClipScorer(tiny_clip_dir)
     sunrise = [render(Scene.of("sunrise", "lake"), s) for s in range(3)]
     night = [render(Scene.of("night", "house", "snow"), s) for s in range(3)]
     same = scorer.score(sunrise, Reference(prompt="sunrise lake", images=sunrise))
@@ -167,10 +126,10 @@ def test_clip_scorer_loads_a_clip_model_folder_and_scores_t_and_i(tmp_path):
     assert "clip_t" not in scorer.score(sunrise, Reference(images=night))
 
 
-def test_clip_scorer_says_what_is_wrong(tmp_path):
+def test_clip_scorer_says_what_is_wrong(tmp_path, tiny_clip):
     with pytest.raises(ConfigError, match="could not load a CLIPModel"):
         ClipScorer(str(tmp_path / "missing"))
-    scorer = ClipScorer.from_parts(*_tiny_clip())
+    scorer = ClipScorer.from_parts(*tiny_clip())
     with pytest.raises(ConfigError, match="reference prompt"):
         scorer.score([render(Scene.of("noon"))], Reference())
 
