@@ -14,10 +14,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cli_parser import PROG, build_parser
 from .errors import SoftPromptError
+
+if TYPE_CHECKING:
+    from .scoring import ClipScorer, Reference
 
 _MAX_MESSAGE = 400  # a safety net: messages are written short; this keeps any one of them a line
 
@@ -111,7 +114,7 @@ def _grid(args) -> int:
     return 0
 
 
-def _clip_scoring(args):
+def _clip_scoring(args) -> tuple[ClipScorer, Reference] | tuple[None, None]:
     """--clip-model's scorer and its reference (prompt and/or pictures), or (None, None) without it."""
     from .errors import ConfigError
 
