@@ -1,10 +1,12 @@
-"""Compare the text-mode loss designs by the measure that matters: denoiser-space distance.
+"""Compare the text-mode loss designs by denoiser-space distance D and, on the toy world, by pictures (F).
 
 For each family and loss design, train a soft prompt on a model (default: the built-in tiny ones, random
 weights, CPU) and print D(soft)/D(first N words) and D(soft)/D(empty), alone and composed with held-out
-context words. The README's figures come from this script.
+context words. On the toy world (--model toyworld) it also prints F(soft) and F(soft) - F(hard), alone and
+composed with "with snow", and ranks the losses by F. The README's figures come from this script.
 
     python scripts/compare_losses.py                              # tiny sd1/sdxl/flux, 3 seeds
+    python scripts/compare_losses.py --model toyworld --seeds 0 1 --steps 60   # D and F in pictures
     python scripts/compare_losses.py --model runwayml/stable-diffusion-v1-5 --steps 400 --device cuda
 """
 
@@ -62,10 +64,17 @@ def main() -> None:
                         probe_size=args.probe_size or (64 if not args.model else None),
                         device=args.device,
                     )
-                    d = train(cfg).metrics["distance"]
+                    metrics = train(cfg).metrics
+                    d = metrics["distance"]
                     for where in ("alone", "composed"):
                         for r in ("ratio_to_first_n_words", "ratio_to_empty"):
                             ratios.setdefault(f"{where}/{r}", []).append(d[where][r])
+                        if "fidelity" in metrics:  # the toy world: F in pictures too
+                            f = metrics["fidelity"]
+                            ratios.setdefault(f"{where}/F_soft", []).append(f["soft"][where])
+                            ratios.setdefault(f"{where}/F_soft_minus_hard", []).append(
+                                f["soft"][where] - f["hard"][where]
+                            )
                 row = {"model": name, "loss": loss, **{k: statistics.mean(v) for k, v in ratios.items()}}
                 rows.append(row)
                 print(
@@ -74,6 +83,18 @@ def main() -> None:
                     f"   (D(soft)/D(first N words) / D(soft)/D(empty), mean of {len(args.seeds)} seeds)",
                     flush=True,
                 )
+                if "alone/F_soft" in row:
+                    print(
+                        f"{'':6s} {'':9s} F(soft) alone {row['alone/F_soft']:.3f} (vs hard {row['alone/F_soft_minus_hard']:+.3f})"
+                        f"   composed {row['composed/F_soft']:.3f} (vs hard {row['composed/F_soft_minus_hard']:+.3f})",
+                        flush=True,
+                    )
+    ranked = sorted((r for r in rows if "alone/F_soft" in r), key=lambda r: -(r["alone/F_soft"] + r["composed/F_soft"]))
+    if ranked:
+        print(
+            "by F (alone + composed): "
+            + ", ".join(f"{r['loss']} {r['alone/F_soft'] + r['composed/F_soft']:.3f}" for r in ranked)
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

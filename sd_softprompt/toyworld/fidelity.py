@@ -3,7 +3,8 @@
 F = the share of the reference attributes the judge finds, averaged over K pictures drawn with fixed
 seeds, steps and guidance. For a text-mode soft prompt the table compares it with the hard prompt it
 stands for, the hard prompt's first N words and the empty prompt, alone and composed with a context
-attribute ("with snow": then snow counts too).
+attribute ("with snow": then snow counts too). A hard prompt longer than the window is drawn in chunks, as
+A1111 and ComfyUI encode it, and the table adds "truncated": what the pipeline alone draws from it.
 """
 
 from __future__ import annotations
@@ -30,10 +31,43 @@ def attributes_in(text: str) -> tuple[str, ...]:
 
 
 def draw(pipe, prompt: str, seeds: Sequence[int] = SEEDS, steps: int = STEPS, guidance: float = GUIDANCE):
-    """K pictures of ``prompt``, one per seed, in one batched call (a generator per seed)."""
+    """K pictures of ``prompt``, one per seed, in one batched call (a generator per seed). A prompt longer
+    than the text encoder's window is encoded in 75-token chunks, as A1111 and ComfyUI do (the pipeline
+    alone would cut it: ``draw_cut`` draws that)."""
+    if not is_long(pipe, prompt):
+        return draw_cut(pipe, prompt, seeds, steps, guidance)
+    import torch
+
+    from ..families import detect_family
+
+    family = detect_family(pipe)
+    states = family.encode_long(pipe, [prompt])["states"]
+    empty = family.encode_long(pipe, [""])["states"]
+    # the unconditional side gets as many empty chunks, as A1111 pads it, so both have one length
+    negative = empty.repeat(1, states.shape[1] // empty.shape[1], 1)
+    with torch.inference_mode():
+        return pipe(
+            prompt_embeds=states,
+            negative_prompt_embeds=negative,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=SIZE,
+            width=SIZE,
+            num_images_per_prompt=len(seeds),
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+        ).images
+
+
+def draw_cut(pipe, prompt: str, seeds: Sequence[int] = SEEDS, steps: int = STEPS, guidance: float = GUIDANCE):
+    """K pictures of ``prompt`` as the pipeline draws it (cut at the window when longer)."""
     from ..generate import generate_batch
 
     return generate_batch(pipe, prompt, list(seeds), steps, guidance, SIZE, SIZE)
+
+
+def is_long(pipe, prompt: str) -> bool:
+    """Whether ``prompt`` has more tokens than the pipeline's text encoder window (start and end aside)."""
+    return len(pipe.tokenizer(prompt).input_ids) > pipe.tokenizer.model_max_length
 
 
 def fidelity(images: Sequence[Image.Image], attributes: Sequence[str]) -> float:
@@ -57,16 +91,25 @@ def fidelity_table(
     ``pictures``, if given, receives what was judged: prompt -> one picture per seed."""
     reference = attributes_in(target)
     composed_reference = tuple(dict.fromkeys(reference + attributes_in(compose)))
-    rows = {"soft": soft, "hard": target, f"first_{words}": " ".join(target.split()[:words]), "empty": ""}
+    first = " ".join(target.split()[:words])
+    # a target longer than the window: "hard" is the whole prompt in chunks (A1111, ComfyUI), "truncated"
+    # what the pipeline draws from it (diffusers cuts it at the window)
+    rows = {"soft": (soft, draw), "hard": (target, draw)}
+    if is_long(pipe, target):
+        rows["truncated"] = (target, draw_cut)
+    rows |= {f"first_{words}": (first, draw), "empty": ("", draw)}
     drawn = {} if pictures is None else pictures
     table: dict[str, dict[str, float]] = {}
-    for name, prompt in rows.items():
+    for name, (prompt, drawer) in rows.items():
         composed = f"{prompt} {compose}".strip()
-        for text in (prompt, composed):
-            drawn[text] = draw(pipe, text, seeds, steps, guidance)
+        alone = drawer(pipe, prompt, seeds, steps, guidance)
+        with_context = drawer(pipe, composed, seeds, steps, guidance)
+        for text, pictures_of_text in ((prompt, alone), (composed, with_context)):
+            if drawer is draw and not is_long(pipe, text):  # what a grid of this prompt would show
+                drawn[text] = pictures_of_text
         table[name] = {
-            "alone": round(fidelity(drawn[prompt], reference), 4),
-            "composed": round(fidelity(drawn[composed], composed_reference), 4),
+            "alone": round(fidelity(alone, reference), 4),
+            "composed": round(fidelity(with_context, composed_reference), 4),
         }
     return table
 
