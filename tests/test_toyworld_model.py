@@ -1,0 +1,99 @@
+"""Behaviour on the shipped toy-world model: soft prompts that carry meaning, measured in pictures (F).
+
+Each test trains a soft prompt in seconds and judges the pipeline's own pictures; the random tiny
+pipelines stay for the family and format tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sd_softprompt.format import SoftPrompt
+from sd_softprompt.loader import load_soft_prompt, unload_soft_prompt
+from sd_softprompt.pipeline import load_pipeline
+from sd_softprompt.toyworld import fidelity as fid
+from sd_softprompt.toyworld.model import MODEL_DIR, NAME
+from sd_softprompt.toyworld.world import MISSION, UNNAMED, mission_caption, render
+from sd_softprompt.train import TrainConfig, train
+
+SEEDS = (0, 1, 2, 3)
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    assert (MODEL_DIR / "model_index.json").is_file(), "the toy model ships in the package"
+    return load_pipeline(NAME, device="cpu", progress=False)
+
+
+def _f(pipe, prompt: str, attributes) -> float:
+    return fid.fidelity(fid.draw(pipe, prompt, SEEDS), attributes)
+
+
+def test_demo_soft_prompt_draws_what_the_hard_prompt_draws_and_its_first_words_do_not(toy, tmp_path, capsys):
+    from sd_softprompt.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "40"]) == 0
+    stdout = capsys.readouterr().out
+    report = json.loads((out / "sunrise.report.json").read_text())
+    table = report["fidelity"]  # the trainer measures F by itself on the toy world
+    assert set(table) == {"soft", "hard", "first_3", "empty"}
+    assert table["soft"]["alone"] >= table["first_3"]["alone"] + 0.25, table
+    assert table["soft"]["alone"] >= table["hard"]["alone"] - 0.1, table
+    assert table["hard"]["alone"] >= table["empty"]["alone"] + 0.25, table  # the model follows its prompt
+    assert table["soft"]["composed"] >= table["first_3"]["composed"] + 0.2, table
+    soft = SoftPrompt.load(out / "sunrise.safetensors")
+    assert float(soft.metadata["F_soft_alone"]) == table["soft"]["alone"]
+    record = json.loads((out / "grid.json").read_text())
+    assert record["prompts"] == ["[v1][v2][v3]", mission_caption(), "image of serene", "", "[v1][v2][v3] with snow"]
+    assert record["seeds"] == list(fid.SEEDS) and record["steps"] == fid.STEPS
+    assert "F alone" in stdout and "noise" not in stdout
+    # the grid's soft row is what the soft prompt draws when loaded afresh
+    tokens = load_soft_prompt(toy, out / "sunrise.safetensors")
+    try:
+        assert _f(toy, "".join(tokens), sorted(MISSION.attributes)) == table["soft"]["alone"]
+    finally:
+        unload_soft_prompt(toy, tokens)
+
+
+def test_images_mode_learns_the_combination_no_caption_names(toy, tmp_path):
+    folder = tmp_path / "unnamed"
+    folder.mkdir()
+    for i in range(8):
+        render(UNNAMED, 100_000 + i).save(folder / f"{i}.png")
+    cfg = TrainConfig(
+        model=NAME,
+        out=str(tmp_path / "unnamed.safetensors"),
+        mode="images",
+        images=str(folder),
+        vectors=2,
+        steps=100,
+        lr=1e-2,
+        seed=0,
+        progress=False,
+        resolution=64,
+        checkpoint_every=0,
+    )
+    result = train(cfg, pipe=toy)
+    tokens = load_soft_prompt(toy, result.soft_prompt)
+    try:
+        soft = _f(toy, "".join(tokens), sorted(UNNAMED.attributes))
+    finally:
+        unload_soft_prompt(toy, tokens)
+    assert soft >= _f(toy, "", sorted(UNNAMED.attributes)) + 0.2, soft
+
+
+def test_a_long_hard_prompt_is_drawn_in_chunks_and_a_short_one_as_the_pipeline_draws_it(toy):
+    long = " ".join((SAMPLES / "toyworld_long_prompt.txt").read_text().split())
+    assert fid.is_long(toy, long) and not fid.is_long(toy, mission_caption())
+    pixels = {
+        k: [np.asarray(p) for p in f(toy, long, (0,), 4)] for k, f in (("whole", fid.draw), ("cut", fid.draw_cut))
+    }
+    assert not np.array_equal(pixels["whole"][0], pixels["cut"][0])  # the words past the window count
+    short = [np.asarray(f(toy, mission_caption(), (0,), 4)[0]) for f in (fid.draw, fid.draw_cut)]
+    assert np.array_equal(short[0], short[1])
