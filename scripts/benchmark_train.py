@@ -1,215 +1,224 @@
-"""Training speed and memory at real architecture size, with random weights (nothing is downloaded).
+"""Training speed at real architecture size, with random weights (nothing is downloaded), or on a given model.
 
-The architecture, not the weights, sets the cost: this builds SD 1.5, SDXL or Flux-dev sized pipelines from
-their configs in code (random weights, the tiny tokenizer: token ids stay small, the tables are full size)
-and times `train()` on them. Prints steps/s, wall time and peak memory; --json writes them.
+Every run prints steps/s, samples/s, FLOPs per step (torch.utils.flop_counter), achieved TFLOP/s and, on a
+GPU with a known peak, the fraction of peak (MFU); then a per-phase profile of a few steps (torch.profiler
+ranges: text encoder forward, denoiser forward, backward, optimizer, host syncs). --against runs other
+trainers on the same pipeline, interleaved with this one (A, B, A, B, ...), and prints the median ratio.
 
-    python scripts/benchmark_train.py --family sd1 --mode text --steps 20                  # CPU is fine
-    python scripts/benchmark_train.py --family sdxl --mode images --device cuda --dtype bf16
-    python scripts/benchmark_train.py --family flux --mode text --device cuda --dtype bf16  # ~40 GB
+    python scripts/benchmark_train.py --family sd1-mid --mode images --resolution 128 --vectors 1 \\
+        --against 5dfed1b --against diffusers                                   # the README's CPU figures
+    python scripts/benchmark_train.py --family sd1 --mode images --device cuda --dtype bf16
+    python scripts/benchmark_train.py --family flux --mode text --loss denoiser --device cuda --dtype bf16
+    python scripts/benchmark_train.py --model path/to/pipeline --mode images --device cuda   # any pipeline
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import tempfile
-import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from bench_models import FAMILIES, build
 from PIL import Image
+from torch.profiler import ProfilerActivity, profile, record_function, schedule
+from torch.utils.flop_counter import FlopCounterMode
 
-from sd_softprompt import tiny
+from sd_softprompt.families import detect_family
 from sd_softprompt.train import TrainConfig, train
 
+PHASES = ["text encoder", "denoiser forward", "backward", "optimizer", "host sync"]
+# dense peak TFLOP/s by device-name fragment: (bf16/fp16 tensor cores, tf32, fp32)
+PEAKS = {"H200": (989.4, 494.7, 66.9), "H100": (989.4, 494.7, 66.9), "A100": (312.0, 156.0, 19.5), "L4": (121, 60, 30)}
 
-def clip(hidden: int, layers: int, heads: int, projection: int | None = None, gelu: bool = False):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    cfg = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        max_position_embeddings=77,
-        projection_dim=projection or hidden,
-        hidden_act="gelu" if gelu else "quick_gelu",
-        bos_token_id=0,
-        eos_token_id=2,
-        pad_token_id=1,
+def peak_tflops(device: str, dtype: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    for fragment, (half, tf32, fp32) in PEAKS.items():
+        if fragment in name:
+            if "PCIe" in name and fragment == "H100":
+                half, tf32, fp32 = 756.0, 378.0, 51.2
+            return half if dtype != "fp32" else tf32 if torch.backends.cuda.matmul.allow_tf32 else fp32
+    return None
+
+
+def load(args):
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    if args.model:
+        from sd_softprompt.pipeline import load_pipeline
+
+        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, progress=False)
+    else:
+        torch.manual_seed(0)
+        torch.set_default_dtype(dtype)  # build the frozen models directly in the training dtype, on the device
+        with torch.device(args.device):
+            pipe = build(args.family)
+        torch.set_default_dtype(torch.float32)
+    for m in pipe.components.values():
+        if isinstance(m, torch.nn.Module):
+            m.eval().requires_grad_(False)
+    return pipe
+
+
+def config(args, tmp: Path, images: Path | None, steps: int, cls=TrainConfig):
+    return cls(
+        model=args.model or f"random-{args.family}",
+        out=str(tmp / "bench.safetensors"),
+        mode=args.mode,
+        target="image of serene landscape at sunrise with trees mountains and lake",
+        images=str(images) if images else None,
+        vectors=args.vectors,
+        steps=steps,
+        batch_size=args.batch_size,
+        resolution=args.resolution,
+        loss=args.loss,
+        mixed_precision={"fp32": "no"}.get(args.dtype, args.dtype),
+        checkpoint_every=0,
+        eval_samples=2,
+        probe_size=args.probe_size,
+        probe_pool=args.probe_pool,
+        device=args.device,
+        init="random",
+        warmup=0,
+        progress=False,
     )
-    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
 
 
-def sd_vae(**kw):
-    from diffusers import AutoencoderKL
+@contextmanager
+def labelled(modules: dict[str, list[torch.nn.Module]]):
+    """Each module's forward inside a profiler range named after its phase."""
 
-    return AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=kw.pop("latent_channels", 4),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        **kw,
-    )
+    def wrap(forward, name):
+        def run(*a, **k):
+            with record_function(name):
+                return forward(*a, **k)
+
+        return run
+
+    for name, ms in modules.items():
+        for m in ms:
+            m.forward = wrap(m.forward, name)
+    try:
+        yield
+    finally:
+        for ms in modules.values():
+            for m in ms:
+                del m.forward
 
 
-def build(family: str):
-    from diffusers import (
-        FlowMatchEulerDiscreteScheduler,
-        FluxPipeline,
-        FluxTransformer2DModel,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
+def instrumented(pipe, cfg: TrainConfig, steps: int) -> tuple[dict, dict]:
+    """One run: step 0 under a FLOP counter, step 1 a warm-up, then `steps` profiled steps. Returns the FLOPs
+    per step and the phases' seconds per step."""
+    family = detect_family(pipe)
+    cuda = pipe.unet.device.type == "cuda" if hasattr(pipe, "unet") else pipe.transformer.device.type == "cuda"
+    counter = FlopCounterMode(display=False)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    prof = profile(activities=activities, schedule=schedule(wait=1, warmup=1, active=steps))
 
-    if family == "sd1":
-        return StableDiffusionPipeline(
-            vae=sd_vae(),
-            text_encoder=clip(768, 12, 12),
-            tokenizer=tiny.clip_tokenizer(),
-            unet=UNet2DConditionModel(cross_attention_dim=768, sample_size=64),
-            scheduler=tiny._sd_scheduler(),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    if family == "sdxl":
-        unet = UNet2DConditionModel(
-            sample_size=128,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            block_out_channels=(320, 640, 1280),
-            transformer_layers_per_block=(1, 2, 10),
-            attention_head_dim=(5, 10, 20),
-            cross_attention_dim=2048,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,
-            use_linear_projection=True,
-        )
-        return StableDiffusionXLPipeline(
-            vae=sd_vae(),
-            text_encoder=clip(768, 12, 12),
-            text_encoder_2=clip(1280, 32, 20, 1280, True),
-            tokenizer=tiny.clip_tokenizer(),
-            tokenizer_2=tiny.clip_tokenizer("!"),
-            unet=unet,
-            scheduler=tiny._sd_scheduler(),
-        )
-    if family == "flux":
-        from transformers import T5Config, T5EncoderModel
+    @contextmanager
+    def around(step):
+        with counter if step == 0 else record_function("step"):
+            yield
+        if cuda:
+            torch.cuda.synchronize()
+        prof.step()
 
-        t5 = T5EncoderModel(
-            T5Config(
-                vocab_size=32128,
-                d_model=4096,
-                d_kv=64,
-                d_ff=10240,
-                num_layers=24,
-                num_heads=64,
-                feed_forward_proj="gated-gelu",
-                is_encoder_decoder=False,
+    parts = {
+        "text encoder": [getattr(pipe, e.text_encoder) for e in family.encoders],
+        "denoiser forward": [getattr(pipe, family.denoiser)],
+    }
+    with labelled(parts), prof:
+        train(cfg, pipe=pipe, around_step=around)
+    totals = {e.key: (e.device_time_total if cuda else e.cpu_time_total) for e in prof.key_averages()}
+    phases = {name: totals.get(name, 0.0) / steps / 1e6 for name in ["step", *PHASES]}
+    phases["other"] = phases["step"] - sum(phases[p] for p in PHASES)
+    return {"per_step": counter.get_total_flops()}, phases
+
+
+def interleaved(pipe, args, tmp: Path, images: Path | None) -> dict:
+    """Seconds per step of this trainer and each --against one, alternating, rounds times; medians."""
+    from bench_reference import diffusers_like_steps, trainer_at
+
+    runners = {"this tree": lambda: 1 / train(config(args, tmp, images, args.steps), pipe=pipe).metrics["steps_per_s"]}
+    for ref in args.against:
+        if ref == "diffusers":
+            pics = sorted(images.glob("*.png"))
+            runners["diffusers-script-like recipe"] = lambda pics=pics: diffusers_like_steps(
+                pipe, pics, args.steps, args.batch_size, args.resolution
             )
-        )
-        tok2 = tiny.t5_tokenizer()
-        tok2.model_max_length = 512
-        return FluxPipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-            vae=sd_vae(
-                latent_channels=16,
-                use_quant_conv=False,
-                use_post_quant_conv=False,
-                shift_factor=0.1159,
-                scaling_factor=0.3611,
-            ),
-            text_encoder=clip(768, 12, 12),
-            tokenizer=tiny.clip_tokenizer(),
-            text_encoder_2=t5,
-            tokenizer_2=tok2,
-            transformer=FluxTransformer2DModel(in_channels=64, guidance_embeds=True),
-        )
-    raise SystemExit(f"unknown family {family}")
+        else:
+            old_train, old_cfg = trainer_at(ref)
+            runners[f"trainer at {ref}"] = lambda t=old_train, c=old_cfg: (
+                1 / t(config(args, tmp, images, args.steps, c), pipe=pipe).metrics["steps_per_s"]
+            )
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(args.rounds):
+        for name, run in runners.items():
+            times[name].append(run())
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    ours = medians["this tree"]
+    return {
+        name: {"s_per_step": m, "speedup_of_this_tree": m / ours, "all": times[name]} for name, m in medians.items()
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--family", choices=["sd1", "sdxl", "flux"], default="sd1")
-    p.add_argument("--mode", choices=["text", "images"], default="text")
-    p.add_argument("--loss", default="sequence")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--family", choices=FAMILIES, default="sd1-mid")
+    p.add_argument("--model", help="a diffusers pipeline (hub id or folder) instead of a random architecture")
+    p.add_argument("--mode", choices=["text", "images"], default="images")
+    p.add_argument("--loss", default="denoiser")
+    p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--vectors", type=int, default=1)
+    p.add_argument("--resolution", type=int, default=128)
+    p.add_argument("--probe-size", type=int, default=256)
+    p.add_argument("--probe-pool", type=int, default=32)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--profile-steps", type=int, default=4, help="steps in the per-phase profile (0: none)")
+    p.add_argument("--against", action="append", default=[], help="a git revision of this repo, or 'diffusers'")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds for --against")
+    p.add_argument("--peak-tflops", type=float, help="the device's peak, for MFU (default: a table of GPUs)")
     p.add_argument("--json")
     args = p.parse_args()
-
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    t0 = time.perf_counter()
-    torch.set_default_dtype(dtype)  # build the frozen models directly in the training dtype, on the device
-    with torch.device(args.device):
-        pipe = build(args.family)
-    torch.set_default_dtype(torch.float32)
-    for m in pipe.components.values():
-        if isinstance(m, torch.nn.Module):
-            m.eval().requires_grad_(False)
-    built = time.perf_counter() - t0
-    params = {
-        k: sum(p.numel() for p in m.parameters()) / 1e6
-        for k, m in pipe.components.items()
-        if isinstance(m, torch.nn.Module)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = load(args)
+    out: dict = {
+        k: getattr(args, k) for k in ("family", "model", "mode", "loss", "device", "dtype", "batch_size", "vectors")
     }
-
+    out |= {"resolution": args.resolution if args.mode == "images" else None, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
-        images = None
+        tmp, images = Path(tmp), None
         if args.mode == "images":
-            images = Path(tmp) / "pics"
+            images = tmp / "pics"
             images.mkdir()
+            g = torch.Generator().manual_seed(0)
             for i in range(4):
-                Image.fromarray((torch.rand(args.resolution, args.resolution, 3) * 255).to(torch.uint8).numpy()).save(
-                    images / f"{i}.png"
-                )
-        cfg = TrainConfig(
-            model=f"random-{args.family}",
-            out=str(Path(tmp) / "bench.safetensors"),
-            mode=args.mode,
-            target="image of serene landscape at sunrise with trees mountains and lake",
-            images=str(images) if images else None,
-            vectors=4,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            resolution=args.resolution,
-            loss=args.loss,
-            mixed_precision={"fp32": "no"}.get(args.dtype, args.dtype),
-            checkpoint_every=0,
-            eval_samples=2,
-            probe_size=256,
-            device=args.device,
-            init="random",
-            warmup=0,
-        )
+                pixels = (torch.rand(args.resolution, args.resolution, 3, generator=g) * 255).to(torch.uint8)
+                Image.fromarray(pixels.numpy()).save(images / f"{i}.png")
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        m = train(cfg, pipe=pipe).metrics
-    out = {
-        "family": args.family,
-        "mode": args.mode,
-        "device": args.device,
-        "dtype": args.dtype,
-        "batch_size": args.batch_size,
-        "resolution": args.resolution if args.mode == "images" else None,
-        "params_millions": params,
-        "build_s": built,
-        "steps": args.steps,
-        "setup_s": m["setup_time_s"],
-        "steps_per_s": m["steps_per_s"],
-        "train_wall_s": m["wall_time_s"],
-        "peak_memory_mb": m["peak_memory_mb"],
-    }
+        m = train(config(args, tmp, images, args.steps), pipe=pipe).metrics
+        out |= {k: m[k] for k in ("setup_time_s", "steps_per_s", "wall_time_s", "peak_memory_mb")}
+        out["samples_per_s"] = m["steps_per_s"] * args.batch_size
+        if args.profile_steps:
+            flops, phases = instrumented(pipe, config(args, tmp, images, args.profile_steps + 2), args.profile_steps)
+            out |= {"flops_per_step": flops, "phases_s_per_step": phases}
+            out["achieved_tflops"] = flops["per_step"] * m["steps_per_s"] / 1e12
+            peak = args.peak_tflops or peak_tflops(args.device, args.dtype)
+            out["mfu"] = out["achieved_tflops"] / peak if peak else None
+        if args.against:
+            out["interleaved"] = interleaved(pipe, args, tmp, images)
+    out["load_average"] = os.getloadavg()
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

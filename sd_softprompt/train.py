@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import ExitStack
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from .atomic import together, write_json
@@ -126,18 +128,24 @@ def _setup(cfg: TrainConfig, pipe) -> _Run:
     return _Run(accelerator, pipe, family, tokens, init, vectors, log)
 
 
-def train(cfg: TrainConfig, pipe=None) -> TrainResult:
+StepHook = Callable[[int], AbstractContextManager]
+
+
+def train(cfg: TrainConfig, pipe=None, *, around_step: StepHook | None = None) -> TrainResult:
     """Train a soft prompt; write it (native .safetensors) and a report JSON beside it.
 
     `pipe`: an already loaded pipeline to train against (its device and dtype are used as they are; it is
     left as it came); by default `cfg.model` is loaded in the dtype that `cfg.mixed_precision` names.
+    `around_step(step)`: a context manager wrapped around each step's work (loss, backward, optimizer), for
+    instruments such as a profiler or a FLOP counter (scripts/benchmark_train.py); the step's phases are
+    labelled with torch.profiler.record_function.
     """
     cfg = read_target(cfg)
     check_config(cfg)
     try:
         run = _setup(cfg, pipe)
         try:
-            return _finish(cfg, run, _loop(cfg, run))
+            return _finish(cfg, run, _loop(cfg, run, around_step or (lambda step: nullcontext())))
         finally:
             unload_soft_prompt(run.pipe, run.tokens, family=run.family)  # also after an error
     except KeyboardInterrupt:
@@ -157,7 +165,7 @@ class LoopResult:
     objective: object  # the TextObjective / ImageObjective trained
 
 
-def _loop(cfg: TrainConfig, run: _Run) -> LoopResult:
+def _loop(cfg: TrainConfig, run: _Run, around_step: StepHook) -> LoopResult:
     """The training loop."""
     acc, vectors, soft_text = run.accelerator, run.vectors, "".join(run.tokens)
     norms = {k: vocab_norm(run.pipe, run.family.encoder(k)) for k in vectors}
@@ -196,29 +204,13 @@ def _loop(cfg: TrainConfig, run: _Run) -> LoopResult:
             desc="train",
         )
         for step in bar:
-            # One generator per (seed, step, rank): resuming needs no RNG state beyond the step.
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 4_099 + acc.process_index)
-            total = 0.0
-            for _ in range(cfg.grad_accum):
-                with acc.autocast():
-                    loss = objective.loss(g)
-                    if cfg.norm_weight > 0:  # keep norms near the vocabulary's, so the vectors don't drown the prompt
-                        loss = loss + cfg.norm_weight * sum(
-                            ((v.norm(dim=1) - norms[k]) / norms[k]).pow(2).mean() for k, v in vectors.items()
-                        )
-                acc.backward(loss / cfg.grad_accum)
-                total += loss.item() / cfg.grad_accum
+            with around_step(step):
+                total = _step(cfg, step, objective, optimizer, scheduler, vectors, norms, acc)
             if not math.isfinite(total):
                 kept = f"; the last good checkpoint is {ckpt} (add --resume)" if ckpt.exists() else ""
                 raise TrainingDiverged(
                     f"step {step + 1}: the loss is {total}; lower --lr or use --mixed-precision no{kept}"
                 )
-            for v in vectors.values():  # data parallel without DDP: average the few N x width gradients by hand
-                v.grad = acc.reduce(v.grad, reduction="mean")
-            acc.clip_grad_norm_(list(vectors.values()), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             losses.append(total)
             bar.set_postfix(loss=f"{total:.4f}")
             done = step + 1
@@ -235,6 +227,34 @@ def _loop(cfg: TrainConfig, run: _Run) -> LoopResult:
         loop_s = time.perf_counter() - t0
         fixed["after"] = _fixed_batch_loss(objective, acc)
     return LoopResult(losses, fixed, setup_s, loop_s, start, objective)
+
+
+def _step(cfg: TrainConfig, step: int, objective, optimizer, scheduler, vectors, norms, acc) -> float:
+    """One optimizer step; its loss."""
+    # One generator per (seed, step, rank): resuming needs no RNG state beyond the step.
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 4_099 + acc.process_index)
+    total = 0.0
+    for _ in range(cfg.grad_accum):
+        with acc.autocast():
+            loss = objective.loss(g)
+            if cfg.norm_weight > 0:  # keep norms near the vocabulary's, so the vectors don't drown the prompt
+                loss = loss + cfg.norm_weight * sum(
+                    ((v.norm(dim=1) - norms[k]) / norms[k]).pow(2).mean() for k, v in vectors.items()
+                )
+        with record_function("backward"):
+            acc.backward(loss / cfg.grad_accum)
+        with record_function("host sync"):
+            total += loss.item() / cfg.grad_accum
+    if not math.isfinite(total):
+        return total  # no step on a non-finite gradient
+    with record_function("optimizer"):
+        for v in vectors.values():  # data parallel without DDP: average the few N x width gradients by hand
+            v.grad = acc.reduce(v.grad, reduction="mean")
+        acc.clip_grad_norm_(list(vectors.values()), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return total
 
 
 def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:
