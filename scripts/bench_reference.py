@@ -59,7 +59,8 @@ TEMPLATES = [
 
 
 def trainer_at(rev: str):
-    """`train` of the package at git revision `rev` (extracted with git archive, imported under another name)."""
+    """`train`, `TrainConfig` and the objectives module of the package at git revision `rev` (extracted with git
+    archive, imported under another name)."""
     name = f"sd_softprompt_{rev}"
     if name not in sys.modules:
         root = Path(tempfile.mkdtemp(prefix="sd-softprompt-ref-"))
@@ -70,13 +71,13 @@ def trainer_at(rev: str):
         (root / "sd_softprompt").rename(root / name)
         sys.path.insert(0, str(root))
     module = importlib.import_module(f"{name}.train")
-    return module.train, module.TrainConfig
+    return module.train, module.TrainConfig, importlib.import_module(f"{name}.objectives")
 
 
 def diffusers_like_steps(
     pipe, images: list[Path], steps: int, batch_size: int, resolution: int, lr: float = 5e-4, seed: int = 0
-) -> float:
-    """Seconds per step of the diffusers-script-like recipe (SD1/SD2 pipelines); the pipeline is left as it came
+) -> tuple[float, float]:
+    """Wall and CPU seconds per step of the diffusers-script-like recipe (SD1/SD2 pipelines); the pipeline is left as it came
     (the tokenizer and text encoder are copies)."""
     tokenizer, text_encoder = copy.deepcopy(pipe.tokenizer), copy.deepcopy(pipe.text_encoder)
     unet, vae, scheduler = pipe.unet, pipe.vae, pipe.scheduler
@@ -94,7 +95,7 @@ def diffusers_like_steps(
     optimizer = torch.optim.AdamW(table.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     original = table.weight.data.clone()
     rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for step in range(steps):
         pixels, ids = [], []
         for i in range(batch_size):  # the dataset's __getitem__, once per sample
@@ -120,4 +121,6 @@ def diffusers_like_steps(
         with torch.no_grad():
             table.weight[keep] = original[keep]
         loss.detach().item()  # the progress bar's loss
-    return (time.perf_counter() - t0) / steps
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps

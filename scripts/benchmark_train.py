@@ -19,6 +19,7 @@ import json
 import os
 import statistics
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -63,6 +64,11 @@ def load(args):
     for m in pipe.components.values():
         if isinstance(m, torch.nn.Module):
             m.eval().requires_grad_(False)
+    denoiser = getattr(pipe, detect_family(pipe).denoiser)
+    if args.channels_last:
+        denoiser.to(memory_format=torch.channels_last)
+    if args.compile_blocks:  # regional compilation: each repeated block (diffusers' _repeated_blocks)
+        denoiser.compile_repeated_blocks()
     return pipe
 
 
@@ -141,11 +147,42 @@ def instrumented(pipe, cfg: TrainConfig, steps: int) -> tuple[dict, dict]:
     return {"per_step": counter.get_total_flops()}, phases
 
 
+@contextmanager
+def loss_clock(objectives, mode: str):
+    """(wall, CPU) clock readings at each call of the objective's loss: the fixed-batch loss, one per step, the
+    fixed-batch loss again. Between the first step's and the last reading lie the steps alone, in any revision."""
+    cls = objectives.OBJECTIVES[mode]
+    real, marks = cls.loss, []
+
+    def loss(self, generator):
+        marks.append((time.perf_counter(), time.process_time()))
+        return real(self, generator)
+
+    cls.loss = loss
+    try:
+        yield marks
+    finally:
+        cls.loss = real
+
+
 def interleaved(pipe, args, tmp: Path, images: Path | None) -> dict:
-    """Seconds per step of this trainer and each --against one, alternating, rounds times; medians."""
+    """Wall and CPU seconds per step of this trainer and each --against one, alternating (A, B, A, B, ...),
+    `rounds` times; medians. On a shared CPU the CPU seconds (one thread) hardly feel the other jobs; the wall
+    seconds do. On a GPU the wall seconds are the figure."""
     from bench_reference import diffusers_like_steps, trainer_at
 
-    runners = {"this tree": lambda: 1 / train(config(args, tmp, images, args.steps), pipe=pipe).metrics["steps_per_s"]}
+    from sd_softprompt import objectives
+
+    def trainer(train_fn, cfg_cls, objectives_module):
+        def run():
+            with loss_clock(objectives_module, args.mode) as marks:
+                train_fn(config(args, tmp, images, args.steps, cfg_cls), pipe=pipe)
+            (w0, c0), (w1, c1) = marks[1], marks[-1]
+            return (w1 - w0) / args.steps, (c1 - c0) / args.steps
+
+        return run
+
+    runners = {"this tree": trainer(train, TrainConfig, objectives)}
     for ref in args.against:
         if ref == "diffusers":
             pics = sorted(images.glob("*.png"))
@@ -153,19 +190,26 @@ def interleaved(pipe, args, tmp: Path, images: Path | None) -> dict:
                 pipe, pics, args.steps, args.batch_size, args.resolution
             )
         else:
-            old_train, old_cfg = trainer_at(ref)
-            runners[f"trainer at {ref}"] = lambda t=old_train, c=old_cfg: (
-                1 / t(config(args, tmp, images, args.steps, c), pipe=pipe).metrics["steps_per_s"]
-            )
-    times: dict[str, list[float]] = {name: [] for name in runners}
+            runners[f"trainer at {ref}"] = trainer(*trainer_at(ref))
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
     for _ in range(args.rounds):
         for name, run in runners.items():
             times[name].append(run())
-    medians = {name: statistics.median(ts) for name, ts in times.items()}
-    ours = medians["this tree"]
-    return {
-        name: {"s_per_step": m, "speedup_of_this_tree": m / ours, "all": times[name]} for name, m in medians.items()
-    }
+    out = {}
+    for clock, i in (("wall", 0), ("cpu", 1)):
+        medians = {name: statistics.median(t[i] for t in ts) for name, ts in times.items()}
+        ours = [t[i] for t in times["this tree"]]
+        out[clock] = {
+            name: {
+                "s_per_step": m,
+                "this_tree_faster_by": m / medians["this tree"],
+                # the same round's runs side by side: what the other jobs on the machine did, both felt
+                "paired_ratio_median": statistics.median(t[i] / o for t, o in zip(times[name], ours)),
+                "all": [t[i] for t in times[name]],
+            }
+            for name, m in medians.items()
+        }
+    return out
 
 
 def main() -> None:
@@ -182,6 +226,8 @@ def main() -> None:
     p.add_argument("--probe-pool", type=int, default=32)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument("--channels-last", action="store_true", help="the denoiser in channels-last memory format")
+    p.add_argument("--compile-blocks", action="store_true", help="torch.compile the denoiser's repeated blocks")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--profile-steps", type=int, default=4, help="steps in the per-phase profile (0: none)")
     p.add_argument("--against", action="append", default=[], help="a git revision of this repo, or 'diffusers'")
@@ -193,7 +239,19 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     pipe = load(args)
     out: dict = {
-        k: getattr(args, k) for k in ("family", "model", "mode", "loss", "device", "dtype", "batch_size", "vectors")
+        k: getattr(args, k)
+        for k in (
+            "family",
+            "model",
+            "mode",
+            "loss",
+            "device",
+            "dtype",
+            "batch_size",
+            "vectors",
+            "channels_last",
+            "compile_blocks",
+        )
     }
     out |= {"resolution": args.resolution if args.mode == "images" else None, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
