@@ -182,6 +182,21 @@ def noisy_and_target(pipe, family: Family, x0: torch.Tensor, noise: torch.Tensor
     raise ValueError(f"unsupported prediction type {kind!r}")
 
 
+def encode_unique(pipe, family: Family, prompts: list[str]) -> Cond:
+    """`family.encode` of the prompts, each distinct prompt encoded once and the rows gathered.
+
+    A batch drawn from a few templates (images mode) or contexts (text mode) repeats prompts; a prompt's
+    encoding does not depend on the rest of the batch (every family pads to a fixed window), so the repeats
+    cost a gather instead of a text-encoder forward and backward each."""
+    unique = list(dict.fromkeys(prompts))
+    cond = family.encode(pipe, unique)
+    if len(unique) == len(prompts):
+        return cond
+    where = {p: i for i, p in enumerate(unique)}
+    index = torch.tensor([where[p] for p in prompts])
+    return {k: v[index.to(v.device)] for k, v in cond.items()}
+
+
 def image_loss(pipe, family: Family, x0, noise, t, cond: Cond) -> torch.Tensor:
     x_t, target = noisy_and_target(pipe, family, x0, noise, t)
     pred = family.predict(pipe, x_t, t, cond)
@@ -298,7 +313,7 @@ class TextObjective:
         return F.mse_loss(got.float(), want.float()) / want.float().var().clamp_min(1e-8)
 
     def _encode_soft(self, contexts: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.family.encode(self.pipe, [join(self.soft_text, self.contexts[i]) for i in contexts])
+        return encode_unique(self.pipe, self.family, [join(self.soft_text, self.contexts[i]) for i in contexts])
 
 
 class ImageObjective:
@@ -342,7 +357,7 @@ class ImageObjective:
         x0 = self.latents[idx.to(self.latents.device)]
         noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
         t = sample_timesteps(self.pipe, self.family, b, generator, x0.device)
-        cond = self.family.encode(self.pipe, prompts)
+        cond = encode_unique(self.pipe, self.family, prompts)
         return image_loss(self.pipe, self.family, x0, noise, t, cond)
 
     @staticmethod

@@ -113,3 +113,35 @@ def test_denoiser_fresh_draws_new_noise_each_step_and_learns(sd1, tmp_path):
     result = train(cfg, pipe=sd1)
     assert SoftPrompt.load(result.soft_prompt).metadata["loss"] == "denoiser-fresh"
     assert result.metrics["distance"]["alone"]["ratio_to_first_n_words"] < 0.6
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_repeated_prompts_are_encoded_once_with_the_same_rows_and_gradients(family):
+    from sd_softprompt.families import detect_family
+    from sd_softprompt.format import SoftPrompt
+    from sd_softprompt.loader import load_soft_prompt
+    from sd_softprompt.objectives import encode_unique
+    from sd_softprompt.rows import trainable_rows
+
+    pipe = tiny.build_sd(1) if family == "sd1" else tiny.build_sdxl()
+    fam = detect_family(pipe)
+    g = torch.Generator().manual_seed(0)
+    width = {e.key: getattr(pipe, e.text_encoder).get_input_embeddings().weight.shape[1] for e in fam.encoders}
+    init = {k: torch.randn(1, w, generator=g) for k, w in width.items()}
+    tokens = load_soft_prompt(pipe, SoftPrompt(vectors=init, tokens=["[v1]"]), family=fam)
+    prompts = ["a photo of [v1]", "a rendering of [v1]", "a photo of [v1]", "a photo of [v1]"]
+    rows: list[int] = []  # the batch sizes the text encoder ran on
+    pipe.text_encoder.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    got = {}
+    for name, encode in (("per sample", fam.encode), ("once each", lambda p, ps: encode_unique(p, fam, ps))):
+        vectors = {k: torch.nn.Parameter(v.clone()) for k, v in init.items()}
+        with trainable_rows(pipe, fam, tokens, vectors):
+            cond = encode(pipe, prompts)
+            weights = torch.Generator().manual_seed(1)  # each row weighted differently: the gradient tells rows apart
+            sum((v.float() * torch.randn(v.shape, generator=weights)).sum() for v in cond.values()).backward()
+        got[name] = {k: v.detach() for k, v in cond.items()}, {k: v.grad for k, v in vectors.items()}
+    assert rows == [4, 2]
+    for a, b in zip(got["per sample"], got["once each"]):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
