@@ -4,7 +4,8 @@ text   (prompt distillation): make "<soft> <context>" act like "<hard prompt> <c
                               denoiser (or, with --loss sequence, on the encoders' states alone); no images
 images (textual inversion):   the denoiser's own loss on cached VAE latents of a folder of pictures
 
-The settings live in config.py, checkpoints in checkpoints.py, the objectives and losses in objectives.py, the trainable rows in rows.py.
+The settings live in config.py, checkpoints in checkpoints.py, the objectives and losses in objectives.py, the
+trainable rows in rows.py, one optimizer step and the losses' deferred read-back in steps.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from .atomic import together, write_json
@@ -30,6 +30,7 @@ from .loader import load_soft_prompt, unload_soft_prompt
 from .measure import EVAL_CONTEXTS, EVAL_POSITIVES, Probe, distance_report, join, negative_report
 from .objectives import OBJECTIVES
 from .rows import initial_vectors, moved_to, trainable_rows, vocab_norm
+from .steps import READ_EVERY, StepLosses, optimizer_step
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "check_config", "train", "unused_in_loop"]
 
@@ -203,22 +204,25 @@ def _loop(cfg: TrainConfig, run: _Run, around_step: StepHook) -> LoopResult:
             disable=not (acc.is_main_process and cfg.progress),
             desc="train",
         )
+        log = StepLosses(losses)
         for step in bar:
             with around_step(step):
-                total = _step(cfg, step, objective, optimizer, scheduler, vectors, norms, acc)
-            if not math.isfinite(total):
-                kept = f"; the last good checkpoint is {ckpt} (add --resume)" if ckpt.exists() else ""
-                raise TrainingDiverged(
-                    f"step {step + 1}: the loss is {total}; lower --lr or use --mixed-precision no{kept}"
-                )
-            losses.append(total)
-            bar.set_postfix(loss=f"{total:.4f}")
+                log.add(step, optimizer_step(cfg, step, objective, optimizer, scheduler, vectors, norms, acc))
             done = step + 1
             # The last step too: if the soft prompt and report cannot be written, --resume goes straight to them.
             due = done % cfg.checkpoint_every == 0 or done == cfg.steps if cfg.checkpoint_every else False
+            validate = cfg.validate_every and done % cfg.validate_every == 0
+            if due or validate or done % READ_EVERY == 0 or done == cfg.steps:  # before anything is written
+                bad = log.read()
+                if bad:
+                    kept = f"; the last good checkpoint is {ckpt} (add --resume)" if ckpt.exists() else ""
+                    raise TrainingDiverged(
+                        f"step {bad[0] + 1}: the loss is {bad[1]}; lower --lr or use --mixed-precision no{kept}"
+                    )
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if acc.is_main_process and due:
                 save_checkpoint_or_warn(ckpt, cfg, done, vectors, optimizer, losses, run.log)
-            if acc.is_main_process and cfg.validate_every and done % cfg.validate_every == 0:
+            if acc.is_main_process and validate:
                 try:
                     _validate(run.pipe, run.family, cfg, soft_text, done)
                 except WriteError as error:  # a picture for the user, not worth stopping the run for
@@ -227,34 +231,6 @@ def _loop(cfg: TrainConfig, run: _Run, around_step: StepHook) -> LoopResult:
         loop_s = time.perf_counter() - t0
         fixed["after"] = _fixed_batch_loss(objective, acc)
     return LoopResult(losses, fixed, setup_s, loop_s, start, objective)
-
-
-def _step(cfg: TrainConfig, step: int, objective, optimizer, scheduler, vectors, norms, acc) -> float:
-    """One optimizer step; its loss."""
-    # One generator per (seed, step, rank): resuming needs no RNG state beyond the step.
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 4_099 + acc.process_index)
-    total = 0.0
-    for _ in range(cfg.grad_accum):
-        with acc.autocast():
-            loss = objective.loss(g)
-            if cfg.norm_weight > 0:  # keep norms near the vocabulary's, so the vectors don't drown the prompt
-                loss = loss + cfg.norm_weight * sum(
-                    ((v.norm(dim=1) - norms[k]) / norms[k]).pow(2).mean() for k, v in vectors.items()
-                )
-        with record_function("backward"):
-            acc.backward(loss / cfg.grad_accum)
-        with record_function("host sync"):
-            total += loss.item() / cfg.grad_accum
-    if not math.isfinite(total):
-        return total  # no step on a non-finite gradient
-    with record_function("optimizer"):
-        for v in vectors.values():  # data parallel without DDP: average the few N x width gradients by hand
-            v.grad = acc.reduce(v.grad, reduction="mean")
-        acc.clip_grad_norm_(list(vectors.values()), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-    return total
 
 
 def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:

@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     {"config"},
     {"checkpoints"},
     {"rows"},
+    {"steps"},  # one optimizer step; the losses read back every few steps
     {"train"},
     {"demo"},
     {"cli_parser"},  # the flags and help

@@ -102,7 +102,8 @@ def test_nan_keeps_checkpoint_and_resume_matches_uninterrupted(tmp_path, sd1, mo
         return value * float("nan") if calls["n"] == 5 else value  # 1 fixed-batch call, then steps 1..
 
     monkeypatch.setattr(objectives, "cond_loss", poisoned)
-    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+    # step 4's loss is read back with step 6's (before the checkpoint due then): named, and nothing written
+    with pytest.raises(TrainingDiverged, match="step 4: the loss is nan.*last good checkpoint"):
         train(cfg, pipe=sd1)
     assert checkpoint_path(cfg.out_path).exists() and not cfg.out_path.exists()
     assert torch.load(checkpoint_path(cfg.out_path), weights_only=True)["step"] == 3
@@ -186,3 +187,21 @@ def test_parts_parked_during_the_loop(family, mode, loss, parked):
 
     cfg = TrainConfig(model="m", out="o.safetensors", mode=mode, loss=loss)
     assert unused_in_loop(cfg, FAMILIES[family]) == parked
+
+
+def test_losses_read_back_every_few_steps_and_before_each_checkpoint(monkeypatch):
+    from sd_softprompt import steps
+
+    losses = steps.StepLosses([0.5])
+    reads = []
+    real = torch.stack
+    monkeypatch.setattr(steps.torch, "stack", lambda xs: reads.append(len(xs)) or real(xs))
+    for s in range(3):
+        losses.add(s, torch.tensor(float(s)))
+    assert losses.values == [0.5] and reads == []  # nothing read yet: no host sync
+    assert losses.read() is None and losses.values == [0.5, 0.0, 1.0, 2.0] and reads == [3]
+    losses.add(3, torch.tensor(1.0))
+    losses.add(4, torch.tensor(float("inf")))
+    losses.add(5, torch.tensor(float("nan")))
+    assert losses.read() == (4, float("inf")) and losses.values[-1] == 1.0  # the first non-finite one
+    assert losses.read() is None  # nothing pending
