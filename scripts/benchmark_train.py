@@ -175,10 +175,12 @@ def interleaved(pipe, args, tmp: Path, images: Path | None) -> dict:
 
     def trainer(train_fn, cfg_cls, objectives_module):
         def run():
+            start = time.perf_counter(), time.process_time()
             with loss_clock(objectives_module, args.mode) as marks:
                 train_fn(config(args, tmp, images, args.steps, cfg_cls), pipe=pipe)
             (w0, c0), (w1, c1) = marks[1], marks[-1]
-            return (w1 - w0) / args.steps, (c1 - c0) / args.steps
+            # setup: from the call to the first (fixed-batch) loss: latents, targets, the denoiser-loss pool
+            return (w1 - w0) / args.steps, (c1 - c0) / args.steps, marks[0][0] - start[0], marks[0][1] - start[1]
 
         return run
 
@@ -191,7 +193,7 @@ def interleaved(pipe, args, tmp: Path, images: Path | None) -> dict:
             )
         else:
             runners[f"trainer at {ref}"] = trainer(*trainer_at(ref))
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
+    times: dict[str, list[tuple[float, ...]]] = {name: [] for name in runners}
     for _ in range(args.rounds):
         for name, run in runners.items():
             times[name].append(run())
@@ -209,6 +211,9 @@ def interleaved(pipe, args, tmp: Path, images: Path | None) -> dict:
             }
             for name, m in medians.items()
         }
+        for name, ts in times.items():
+            if len(ts[0]) > 2:  # the trainers' setup
+                out[clock][name]["setup_s"] = statistics.median(t[i + 2] for t in ts)
     return out
 
 

@@ -42,6 +42,7 @@ CONTEXTS = [
 ]
 # What negative soft prompts are trained under: guided runs of these prompts (measured on EVAL_POSITIVES).
 TRAIN_POSITIVES = [c for c in CONTEXTS if c]
+POOL_BATCH = 16  # noisy latents per denoiser forward while the denoiser loss's targets are predicted
 
 
 # ---------------------------------------------------------------- text target
@@ -204,6 +205,15 @@ def image_loss(pipe, family: Family, x0, noise, t, cond: Cond) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- the objectives
+def _bar(total: int, what: str, progress: bool):
+    """A progress bar for one-off work before the first step, on the main process only."""
+    from tqdm.auto import tqdm
+
+    dist = torch.distributed
+    other_rank = dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
+    return tqdm(total=total, desc=what, disable=not progress or other_rank, leave=False)
+
+
 class TextObjective:
     """Distil the hard prompt: "<soft> <context>" against the cached "<hard> <context>", compared on the
     denoiser's output (--loss denoiser) or on the conditioning states (sequence, full).
@@ -254,16 +264,23 @@ class TextObjective:
         n = len(self.contexts) * self.cfg.probe_pool
         self.probe = Probe.make(self.pipe, self.family, n, size, seed=self.cfg.seed + 7)
         self.context_of = torch.arange(n) % len(self.contexts)
+        # Contexts whose targets have one shape share batches (all of them, unless a long prompt's chunk
+        # count differs between contexts): full batches of POOL_BATCH, whatever --probe-pool is.
+        groups: dict[tuple, list[int]] = {}
+        for row, c in enumerate(self.context_of.tolist()):
+            groups.setdefault(tuple((k, *v.shape) for k, v in self.targets[c].items()), []).append(row)
         want: list[torch.Tensor | None] = [None] * n
-        with torch.no_grad():
-            for c, target in enumerate(self.targets):  # by context: targets may differ in length
-                rows = (self.context_of == c).nonzero().flatten().tolist()
-                for i in range(0, len(rows), 8):
-                    pick = rows[i : i + 8]
-                    cond = {k: v.expand(len(pick), *v.shape[1:]) for k, v in target.items()}
+        what = f"targets: the hard prompt's {self.family.denoiser} outputs on {n} noisy latents (once, before step 1)"
+        with torch.no_grad(), _bar(n, what, self.cfg.progress) as bar:
+            for rows in groups.values():
+                for i in range(0, len(rows), POOL_BATCH):
+                    pick = rows[i : i + POOL_BATCH]
+                    targets = [self.targets[c] for c in self.context_of[pick].tolist()]
+                    cond = {k: torch.cat([t[k] for t in targets]) for k in targets[0]}
                     out = self.family.predict(self.pipe, self.probe.x_t[pick], self.probe.t[pick], cond)
                     for j, row in enumerate(pick):
                         want[row] = out[j]
+                    bar.update(len(pick))
         self.want = torch.stack(want)
         self.want_var = self.want.float().var().clamp_min(1e-8)
 

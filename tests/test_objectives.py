@@ -145,3 +145,21 @@ def test_repeated_prompts_are_encoded_once_with_the_same_rows_and_gradients(fami
         assert a.keys() == b.keys()
         for k in a:
             assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
+
+
+def test_denoiser_pool_batched_across_contexts_matches_one_latent_at_a_time(sd1, capsys):
+    from sd_softprompt.families import detect_family
+    from sd_softprompt.objectives import POOL_BATCH, TextObjective
+
+    family = detect_family(sd1)
+    hard = "image of serene landscape at sunrise with trees mountains and lake"
+    cfg = TrainConfig(model="m", out="o.safetensors", target=hard, probe_pool=3, probe_size=64)
+    objective = TextObjective(sd1, family, cfg, ["[v1]"], print)
+    n = len(objective.contexts) * 3
+    assert objective.want.shape[0] == n > POOL_BATCH  # batches mix contexts
+    assert "outputs on 36 noisy latents" in capsys.readouterr().err  # the bar says what the wait is for
+    for row in (0, 5, n - 1):
+        target = objective.targets[int(objective.context_of[row])]
+        with torch.no_grad():
+            alone = family.predict(sd1, objective.probe.x_t[row : row + 1], objective.probe.t[row : row + 1], target)
+        assert torch.allclose(objective.want[row], alone[0], rtol=1e-4, atol=1e-5)
