@@ -5,9 +5,9 @@ GPU with a known peak, the fraction of peak (MFU); then a per-phase profile of a
 ranges: text encoder forward, denoiser forward, backward, optimizer, host syncs). --against runs other
 trainers on the same pipeline, interleaved with this one (A, B, A, B, ...), and prints the median ratio.
 
-    python scripts/benchmark_train.py --family sd1-mid --mode images --resolution 128 --vectors 1 \\
-        --against 5dfed1b --against diffusers                                   # the README's CPU figures
-    python scripts/benchmark_train.py --family sd1 --mode images --device cuda --dtype bf16
+    python scripts/benchmark_train.py --family sd1-mid --mode images --resolution 128 --vectors 1 --steps 3 \\
+        --threads 1 --against 5dfed1b --against diffusers --rounds 7              # the README's CPU figures
+    python scripts/benchmark_train.py --family sd1 --mode images --device cuda --dtype bf16 --against diffusers
     python scripts/benchmark_train.py --family flux --mode text --loss denoiser --device cuda --dtype bf16
     python scripts/benchmark_train.py --model path/to/pipeline --mode images --device cuda   # any pipeline
 """
@@ -221,12 +221,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", choices=FAMILIES, default="sd1-mid")
     p.add_argument("--model", help="a diffusers pipeline (hub id or folder) instead of a random architecture")
-    p.add_argument("--mode", choices=["text", "images"], default="images")
-    p.add_argument("--loss", default="denoiser")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--mode", choices=["text", "images"], default="text")
+    p.add_argument("--loss", default="sequence")
+    p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--vectors", type=int, default=1)
-    p.add_argument("--resolution", type=int, default=128)
+    p.add_argument("--vectors", type=int, default=4)
+    p.add_argument("--resolution", type=int, default=512)
     p.add_argument("--probe-size", type=int, default=256)
     p.add_argument("--probe-pool", type=int, default=32)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
