@@ -1,6 +1,6 @@
-"""End to end, offline, on a CPU in about a minute: train a soft prompt, load it, draw a grid, inspect it.
+"""End to end, offline, on a CPU in about 1.5 minutes: train a soft prompt, load it, draw a grid, inspect it.
 
-By default on the toy world (``--model toyworld``): a small pipeline trained on rendered landscapes, so the
+By default on the toy world (the built-in ``toyworld`` model): a small pipeline trained on rendered landscapes, so the
 grid shows scenes and the judge measures fidelity in pictures (F). ``--family sd1|sdxl|flux`` runs the same
 steps on a tiny random-weight pipeline instead: its images are noise; it shows that every step runs.
 """
@@ -28,7 +28,7 @@ TARGET = "image of serene landscape at sunrise with trees mountains and lake"
 CONTEXT = "mountain view"
 VECTORS = 3
 TRAIN_STEPS = 150  # text mode on a tiny model: seconds
-TOYWORLD_STEPS = 60  # text mode on the toy world: most of the minute goes to drawing the F pictures
+TOYWORLD_STEPS = 60  # text mode on the toy world: about half the demo's time goes to drawing the F pictures
 GENERATE_STEPS = 8
 SIZE = 64  # the tiny models' and the toy world's native size
 SEEDS = [0, 1, 2]
