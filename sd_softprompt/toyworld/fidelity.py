@@ -41,11 +41,11 @@ def draw(pipe, prompt: str, seeds: Sequence[int] = SEEDS, steps: int = STEPS, gu
     from ..families import detect_family
 
     family = detect_family(pipe)
-    states = family.encode_long(pipe, [prompt])["states"]
-    empty = family.encode_long(pipe, [""])["states"]
-    # the unconditional side gets as many empty chunks, as A1111 pads it, so both have one length
-    negative = empty.repeat(1, states.shape[1] // empty.shape[1], 1)
     with torch.inference_mode():
+        states = family.encode_long(pipe, [prompt])["states"]
+        empty = family.encode_long(pipe, [""])["states"]
+        # the unconditional side gets as many empty chunks, as A1111 pads it, so both have one length
+        negative = empty.repeat(1, states.shape[1] // empty.shape[1], 1)
         return pipe(
             prompt_embeds=states,
             negative_prompt_embeds=negative,
