@@ -26,7 +26,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:
-        scene = Scene.of(*[a.strip() for a in args.scene.split(",") if a.strip()])
+        scene = Scene.parse(args.scene)
     except ValueError as error:
         p.exit(2, f"--scene {args.scene}: {error}\n")
     out = Path(args.out)

@@ -37,8 +37,11 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = p.parse_args(argv)
+    try:
+        scene = Scene.parse(args.scene)
+    except ValueError as error:
+        p.exit(2, f"--scene {args.scene}: {error}\n")
     torch.set_num_threads(1)
-    scene = Scene.of(*args.scene.split(","))
     reference = sorted(scene.attributes)
     words = " and ".join(sorted(scene.flags)) + f" at {scene.time}"
     pipe = load_pipeline("toyworld", device="cpu", progress=False)

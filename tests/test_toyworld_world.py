@@ -44,6 +44,9 @@ def test_each_attribute_changes_many_pixels(flag):
 
 
 def test_scene_rejects_unknown_attributes_with_a_message():
+    assert Scene.parse(" night, snow,house ,lake") == UNNAMED
+    with pytest.raises(ValueError, match="unknown attributes"):
+        Scene.parse("noon,volcano")
     with pytest.raises(ValueError, match="unknown attributes"):
         Scene.of("noon", "volcano")
     with pytest.raises(ValueError, match="exactly one time"):

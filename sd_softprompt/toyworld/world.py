@@ -72,6 +72,11 @@ class Scene:
             raise ValueError(f"{attributes}: name exactly one time of day ({', '.join(TIMES)})")
         return cls(times[0], frozenset(a for a in attributes if a not in TIMES))
 
+    @classmethod
+    def parse(cls, text: str) -> Scene:
+        """Scene.parse("sunrise,trees,lake"): attributes separated by commas (a command line's --scene)."""
+        return cls.of(*[a.strip() for a in text.split(",") if a.strip()])
+
     def key(self) -> str:
         return "+".join([self.time, *sorted(self.flags)])
 
