@@ -10,6 +10,13 @@ first N words, and no negative (Flux takes no negative prompt). Mean over seeds;
 
 The tiny pipelines have random weights: these figures show the method works end to end and how the
 baselines compare on these models, not what a real checkpoint will give.
+
+--toyworld: the negative in pictures instead, on a trained model (--model, default the shipped toy world):
+samples/toyworld_negative_prompt.txt distilled with --role negative per seed; each held-out toy positive
+(world.NEGATIVE_EVAL_POSITIVES) drawn with the soft negative, the hard one, its first N words and none
+(fidelity.SEEDS, STEPS, GUIDANCE); avoidance of the negative's attributes and F of the positive's own.
+
+    OMP_NUM_THREADS=1 python scripts/measure_long_negative.py --toyworld --seeds 0 1 2 --steps 100 --vectors 4
 """
 
 from __future__ import annotations
@@ -53,6 +60,51 @@ def mean(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f}"
 
 
+def toyworld(model: str, seeds: list[int], steps: int, vectors: int, folder: Path) -> dict:
+    """The toy negative trained once per seed on ``model``; its metrics (with the table in pictures) by seed."""
+    from sd_softprompt.pipeline import load_pipeline
+
+    pipe = load_pipeline(model, device="cpu", progress=False)
+    runs = {}
+    for seed in seeds:
+        cfg = TrainConfig(
+            model=model,
+            out=str(folder / f"toyworld-negative-{seed}.safetensors"),
+            target_file=str(SAMPLES / "toyworld_negative_prompt.txt"),
+            role="negative",
+            vectors=vectors,
+            steps=steps,
+            seed=seed,
+            progress=False,
+            probe_size=64,
+            checkpoint_every=0,
+        )
+        runs[seed] = train(cfg, pipe=pipe).metrics
+    return runs
+
+
+def print_toyworld(runs: dict, args) -> None:
+    from sd_softprompt.toyworld import fidelity as fid
+    from sd_softprompt.toyworld.world import NEGATIVE_EVAL_POSITIVES
+
+    target = " ".join((SAMPLES / "toyworld_negative_prompt.txt").read_text().split())
+    seeds = list(runs)
+    print(
+        f"Toy-world negative {target!r} ({args.vectors} vectors, {args.steps} steps, training seeds {seeds}) on"
+        f" {args.model}; held-out positives {list(NEGATIVE_EVAL_POSITIVES)}, picture seeds {list(fid.SEEDS)},"
+        f" {fid.STEPS} DDIM steps, guidance {fid.GUIDANCE}:\n"
+    )
+    print("| negative | avoidance | F positive | per training seed (avoidance / F) |")
+    print("|---|---|---|---|")
+    for name in next(iter(runs.values()))["negative_fidelity"]:
+        rows = [m["negative_fidelity"][name] for m in runs.values()]
+        cells = [mean([r[c] for r in rows]) if rows[0][c] is not None else "-" for c in ("avoidance", "F")]
+        each = ", ".join(f"{r['avoidance']:.3f} / {r['F']:.3f}" for r in rows)
+        print(f"| {name} | " + " | ".join(cells) + f" | {each} |")
+    ratios = [m["guided"]["soft_ratio_to_empty"] for m in runs.values()]
+    print(f"\nGuided measure on the same positives, D_guided(soft) / D_guided(no negative): {mean(ratios)}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", nargs="+", default=["sd1", "sd2", "sdxl", "flux"])
@@ -60,8 +112,17 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--vectors", type=int, default=8)
     p.add_argument("--json", help="also write every run's figures here")
+    p.add_argument("--toyworld", action="store_true", help="the negative in pictures on a trained toy-world model")
+    p.add_argument("--model", default="toyworld", help="with --toyworld: the model (a folder train_toyworld.py wrote)")
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.toyworld:
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = toyworld(args.model, args.seeds, args.steps, args.vectors, Path(tmp))
+        print_toyworld(runs, args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(runs, indent=1))
+        return 0
     runs: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for family in args.families:

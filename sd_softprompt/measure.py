@@ -209,12 +209,22 @@ def guided_report(pipe, family: Family, candidates: dict[str, Cond], probe: Guid
     return report
 
 
-def negative_report(pipe, family: Family, soft_text: str, hard: str, n: int, size: int | None, steps: int = 10) -> dict:
-    """The guided measure on the held-out positives, against the whole hard negative: the soft negative, the
-    hard one cut to the window (when it is longer), its first N words, and no negative at all."""
+def negative_report(
+    pipe,
+    family: Family,
+    soft_text: str,
+    hard: str,
+    n: int,
+    size: int | None,
+    steps: int = 10,
+    positives: list[str] | None = None,
+) -> dict:
+    """The guided measure on the held-out positives (default EVAL_POSITIVES), against the whole hard negative:
+    the soft negative, the hard one cut to the window (when it is longer), its first N words, and no negative."""
+    positives = list(EVAL_POSITIVES if positives is None else positives)
     with torch.no_grad():
         reference = family.encode_long(pipe, [hard])
-        probe = guided_probe(pipe, family, EVAL_POSITIVES, reference, family.guidance, steps, size, seed=12345)
+        probe = guided_probe(pipe, family, positives, reference, family.guidance, steps, size, seed=12345)
         candidates = {
             "soft": family.encode(pipe, [soft_text]),
             "first_n_words": family.encode(pipe, [first_words(hard, n)]),
@@ -223,4 +233,4 @@ def negative_report(pipe, family: Family, soft_text: str, hard: str, n: int, siz
         if not fits_window(pipe, family, hard):
             candidates["truncated"] = family.encode(pipe, [hard])
         report = guided_report(pipe, family, candidates, probe)
-    return report | {"positives": list(EVAL_POSITIVES), "steps": steps}
+    return report | {"positives": positives, "steps": steps}

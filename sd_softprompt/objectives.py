@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .errors import ConfigError
 from .families import Cond, Family, fits_window, prediction_type
 from .images import OBJECT_TEMPLATES, STYLE_TEMPLATES, caption_for, load_image, scan_images
-from .measure import Probe, default_size, guided_probe, join, sample_timesteps
+from .measure import EVAL_POSITIVES, Probe, default_size, guided_probe, join, sample_timesteps
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -42,6 +42,29 @@ CONTEXTS = [
 ]
 # What negative soft prompts are trained under: guided runs of these prompts (measured on EVAL_POSITIVES).
 TRAIN_POSITIVES = [c for c in CONTEXTS if c]
+
+
+@dataclass(frozen=True)
+class Positives:
+    """The positive prompts a negative prompt is trained under (`train`) and measured with (`eval`)."""
+
+    train: list[str]
+    eval: list[str]
+
+
+def positives_for(pipe) -> Positives:
+    """A model's positives for negative prompts: its own where it supplies them (the toy world, whose
+    captions name every attribute, so real-world phrases leave it no room), else TRAIN_POSITIVES and the
+    held-out measure.EVAL_POSITIVES."""
+    from .toyworld.model import is_toyworld
+
+    if is_toyworld(pipe):
+        from .toyworld.world import NEGATIVE_EVAL_POSITIVES, NEGATIVE_TRAIN_POSITIVES
+
+        return Positives(list(NEGATIVE_TRAIN_POSITIVES), list(NEGATIVE_EVAL_POSITIVES))
+    return Positives(list(TRAIN_POSITIVES), list(EVAL_POSITIVES))
+
+
 POOL_BATCH = 16  # noisy latents per denoiser forward while the denoiser loss's targets are predicted
 
 
@@ -220,7 +243,7 @@ class TextObjective:
 
     The hard prompt is encoded whole, in chunks when it is longer than the window (A1111 / ComfyUI), so the
     denoiser loss distils all of it into the N vectors. With --role negative the soft prompt stands alone, as
-    a negative prompt does, and its pool is the latents a guided sampler visits (TRAIN_POSITIVES)."""
+    a negative prompt does, and its pool is the latents a guided sampler visits (`positives_for(pipe).train`)."""
 
     name = "text"  # the written file's metadata["objective"]
     measured = True  # the final report measures D against the hard prompt
@@ -287,11 +310,12 @@ class TextObjective:
     def _guided_pool(self, size: int) -> None:
         """A negative prompt's pool: every step of guided runs of the training positives with the hard
         negative, and its predictions there. Where eps(soft) = eps(hard), the guided predictions agree."""
-        steps = max(1, -(-self.cfg.probe_pool * len(self.contexts) // len(TRAIN_POSITIVES)))
+        positives = positives_for(self.pipe).train
+        steps = max(1, -(-self.cfg.probe_pool * len(self.contexts) // len(positives)))
         guided = guided_probe(
             self.pipe,
             self.family,
-            TRAIN_POSITIVES,
+            positives,
             self.targets[0],
             self.family.guidance,
             steps,

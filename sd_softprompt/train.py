@@ -27,8 +27,8 @@ from .errors import ConfigError, TrainingDiverged, WriteError
 from .families import Family, detect_family
 from .format import SoftPrompt
 from .loader import load_soft_prompt, unload_soft_prompt
-from .measure import EVAL_CONTEXTS, EVAL_POSITIVES, Probe, distance_report, join, negative_report
-from .objectives import OBJECTIVES
+from .measure import EVAL_CONTEXTS, Probe, distance_report, join, negative_report
+from .objectives import OBJECTIVES, positives_for
 from .rows import initial_vectors, moved_to, trainable_rows, vocab_norm
 from .steps import READ_EVERY, StepLosses, optimizer_step
 
@@ -285,10 +285,12 @@ def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:
                     if ratio in metrics["distance"].get(where, {}):
                         soft.metadata[f"{where}_{ratio}"] = f"{metrics['distance'][where][ratio]:.4g}"
             if negative:
-                metrics["guided"] = negative_report(pipe, family, soft_text, cfg.target, cfg.vectors, cfg.probe_size)
+                metrics["guided"] = negative_report(
+                    pipe, family, soft_text, cfg.target, cfg.vectors, cfg.probe_size, positives=positives_for(pipe).eval
+                )
                 soft.metadata["guided_ratio_to_empty"] = f"{metrics['guided']['soft_ratio_to_empty']:.4g}"
-        if cfg.mode == "text" and cfg.target and cfg.role != "negative":
-            pictures = _toyworld_fidelity(pipe, "".join(run.tokens), cfg, metrics, soft.metadata)
+        if cfg.mode == "text" and cfg.target:
+            pictures = _toyworld_fidelity(pipe, "".join(run.tokens), cfg, metrics, soft.metadata, run.log)
         try:
             with together():  # the soft prompt and its report: both or neither
                 soft.save(cfg.out_path)
@@ -307,17 +309,31 @@ def _spread_between_processes(acc, vectors: dict[str, torch.nn.Parameter]) -> fl
     return (every - every[:1]).abs().max().item()
 
 
-def _toyworld_fidelity(pipe, soft_text: str, cfg: TrainConfig, metrics: dict, metadata: dict) -> dict:
-    """On the toy world, fidelity in pictures: F of the soft prompt and its baselines, alone and composed.
-    Returns the pictures judged, by prompt (a caller may show them without drawing them again)."""
+def _toyworld_fidelity(pipe, soft_text: str, cfg: TrainConfig, metrics: dict, metadata: dict, log) -> dict:
+    """On the toy world, fidelity in pictures. A prompt: F of the soft prompt and its baselines, alone and
+    composed (``fidelity``; returns the pictures judged, by prompt, so a caller may show them without drawing
+    them again). A negative (--role negative): avoidance and F of held-out positives drawn with it and its
+    baselines (``negative_fidelity``), printed too."""
     from .toyworld.model import is_toyworld
 
     pictures: dict = {}
     if not is_toyworld(pipe):
         return pictures
-    from .toyworld.fidelity import fidelity_table
+    from .toyworld import fidelity as fid
 
-    metrics["fidelity"] = fidelity_table(pipe, soft_text, cfg.target, cfg.vectors, pictures=pictures)
+    if cfg.role == "negative":
+        table = fid.negative_table(pipe, soft_text, cfg.target, cfg.vectors, positives=positives_for(pipe).eval)
+        metrics["negative_fidelity"] = table
+        for name, row in table.items():
+            for column, key in (("avoidance", f"avoidance_{name}"), ("F", f"F_{name}_positive")):
+                if row[column] is not None:
+                    metadata[key] = f"{row[column]:.4g}"
+        log(
+            "the negative in pictures (held-out positives; avoidance of its attributes, F of theirs):\n"
+            + fid.format_negative_table(table)
+        )
+        return pictures
+    metrics["fidelity"] = fid.fidelity_table(pipe, soft_text, cfg.target, cfg.vectors, pictures=pictures)
     for name, row in metrics["fidelity"].items():
         for where, value in row.items():
             metadata[f"F_{name}_{where}"] = f"{value:.4g}"
@@ -340,7 +356,7 @@ def _validate(pipe, family: Family, cfg: TrainConfig, soft_text: str, step: int)
     negative = cfg.negative_prompt.replace("{}", soft_text) if cfg.negative_prompt else None
     labels = None
     if cfg.role == "negative":
-        positive = prompts[0] if prompts else EVAL_POSITIVES[0]
+        positive = prompts[0] if prompts else positives_for(pipe).eval[0]
         prompts, negative = [positive] * 3, [soft_text, cfg.target, None]
         labels = [
             f"{positive} | negative: {soft_text}",

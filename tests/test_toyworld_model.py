@@ -6,6 +6,7 @@ pipelines stay for the family and format tests.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from sd_softprompt.loader import load_soft_prompt, unload_soft_prompt
 from sd_softprompt.pipeline import load_pipeline
 from sd_softprompt.toyworld import fidelity as fid
 from sd_softprompt.toyworld.model import MODEL_DIR, NAME
-from sd_softprompt.toyworld.world import MISSION, UNNAMED, mission_caption, render
+from sd_softprompt.toyworld.world import MISSION, NEGATIVE_EVAL_POSITIVES, UNNAMED, mission_caption, render
 from sd_softprompt.train import TrainConfig, train
 
 SEEDS = (0, 1, 2, 3)
@@ -97,3 +98,35 @@ def test_a_long_hard_prompt_is_drawn_in_chunks_and_a_short_one_as_the_pipeline_d
     assert not np.array_equal(pixels["whole"][0], pixels["cut"][0])  # the words past the window count
     short = [np.asarray(f(toy, mission_caption(), (0,), 4)[0]) for f in (fid.draw, fid.draw_cut)]
     assert np.array_equal(short[0], short[1])
+
+
+def test_negative_soft_prompt_keeps_its_attributes_out_of_the_pictures(toy, tmp_path, monkeypatch, capsys):
+    # the report's measure at a smaller picture budget (2 seeds, 10 DDIM steps; the README's has 4 and 20).
+    # Measured at 30 training steps, training seeds 0, 1, 2: avoidance soft 0.875 / 0.90 / 0.90, hard 0.90,
+    # first 4 words 0.80, empty 0.625; F of the positives' own attributes soft 1.0 / 1.0 / 0.92, empty 1.0.
+    monkeypatch.setattr(fid, "negative_table", functools.partial(fid.negative_table, seeds=(0, 1), steps=10))
+    cfg = TrainConfig(
+        model=NAME,
+        out=str(tmp_path / "neg.safetensors"),
+        target_file=str(SAMPLES / "toyworld_negative_prompt.txt"),
+        role="negative",
+        vectors=4,
+        steps=30,
+        seed=0,
+        progress=False,
+        probe_size=64,
+        checkpoint_every=0,
+    )
+    result = train(cfg, pipe=toy)
+    table = result.metrics["negative_fidelity"]
+    assert list(table) == ["soft", "hard", "first_4", "empty"]
+    assert table["soft"]["avoidance"] >= table["empty"]["avoidance"] + 0.15, table
+    assert table["soft"]["avoidance"] >= table["hard"]["avoidance"] - 0.1, table
+    assert table["hard"]["avoidance"] >= table["empty"]["avoidance"] + 0.15, table  # the model heeds negatives
+    assert table["soft"]["F"] >= 0.85, table  # what the positive asks for stays
+    assert result.metrics["guided"]["positives"] == list(NEGATIVE_EVAL_POSITIVES)  # toy positives, not real ones
+    soft = SoftPrompt.load(result.soft_prompt)
+    assert soft.metadata["role"] == "negative"
+    assert float(soft.metadata["avoidance_soft"]) == table["soft"]["avoidance"]
+    assert float(soft.metadata["F_empty_positive"]) == table["empty"]["F"]
+    assert "avoidance" in capsys.readouterr().out  # the trainer prints the table

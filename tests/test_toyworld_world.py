@@ -156,3 +156,27 @@ def test_is_toyworld_reads_the_trainers_mark_in_the_pipeline_folder(tmp_path):
     (tmp_path / "toyworld.json").write_text("{}", "utf-8")
     assert toy.is_toyworld(pipe_from(tmp_path))
     assert not toy.is_toyworld(SimpleNamespace())
+
+
+def test_negative_prompts_get_the_toy_worlds_own_positives_and_other_models_keep_theirs(tmp_path):
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from sd_softprompt.measure import EVAL_POSITIVES
+    from sd_softprompt.objectives import TRAIN_POSITIVES, positives_for
+    from sd_softprompt.toyworld.world import NEGATIVE_EVAL_POSITIVES, NEGATIVE_TRAIN_POSITIVES, captions_vocabulary
+
+    (tmp_path / "toyworld.json").write_text("{}", "utf-8")
+    toy_pipe = SimpleNamespace(config=SimpleNamespace(_name_or_path=str(tmp_path)))
+    assert positives_for(toy_pipe).train == list(NEGATIVE_TRAIN_POSITIVES)
+    assert positives_for(toy_pipe).eval == list(NEGATIVE_EVAL_POSITIVES)
+    other = positives_for(SimpleNamespace())
+    assert other.train == TRAIN_POSITIVES and other.eval == EVAL_POSITIVES
+    # held out, in the captions' words, leaving the model room: no time of day named
+    assert not set(NEGATIVE_TRAIN_POSITIVES) & set(NEGATIVE_EVAL_POSITIVES)
+    negative = (Path(__file__).resolve().parent.parent / "samples" / "toyworld_negative_prompt.txt").read_text()
+    vocabulary = set(captions_vocabulary())
+    for text in (*NEGATIVE_TRAIN_POSITIVES, *NEGATIVE_EVAL_POSITIVES, negative):
+        assert set(text.replace(",", " ").split()) <= vocabulary, text
+    for positive in (*NEGATIVE_TRAIN_POSITIVES, *NEGATIVE_EVAL_POSITIVES):
+        assert not set(attributes_in(positive)) & set(TIMES + attributes_in(negative)), positive

@@ -5,6 +5,10 @@ seeds, steps and guidance. For a text-mode soft prompt the table compares it wit
 stands for, the hard prompt's first N words and the empty prompt, alone and composed with a context
 attribute ("with snow": then snow counts too). A hard prompt longer than the window is drawn in chunks, as
 A1111 and ComfyUI encode it, and the table adds "truncated": what the pipeline alone draws from it.
+
+A negative prompt (``negative_table``) is drawn under held-out positives that leave the model room
+(world.NEGATIVE_EVAL_POSITIVES): how much of what it names stays out of the pictures (avoidance), and how
+much of what the positive names stays in (F).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from PIL import Image
 
 from ..scoring import Reference
 from .judge import JudgeScorer
-from .world import ATTRIBUTES
+from .world import ATTRIBUTES, NEGATIVE_EVAL_POSITIVES
 
 SEEDS = (0, 1, 2, 3)
 STEPS = 20
@@ -30,12 +34,19 @@ def attributes_in(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(w for w in words if w in ATTRIBUTES))
 
 
-def draw(pipe, prompt: str, seeds: Sequence[int] = SEEDS, steps: int = STEPS, guidance: float = GUIDANCE):
-    """K pictures of ``prompt``, one per seed, in one batched call (a generator per seed). A prompt longer
-    than the text encoder's window is encoded in 75-token chunks, as A1111 and ComfyUI do (the pipeline
-    alone would cut it: ``draw_cut`` draws that)."""
-    if not is_long(pipe, prompt):
-        return draw_cut(pipe, prompt, seeds, steps, guidance)
+def draw(
+    pipe,
+    prompt: str,
+    seeds: Sequence[int] = SEEDS,
+    steps: int = STEPS,
+    guidance: float = GUIDANCE,
+    negative: str = "",
+):
+    """K pictures of ``prompt`` (with ``negative`` as the negative prompt), one per seed, in one batched call
+    (a generator per seed). A prompt or negative longer than the text encoder's window is encoded in 75-token
+    chunks, as A1111 and ComfyUI do (the pipeline alone would cut it: ``draw_cut`` draws that)."""
+    if not (is_long(pipe, prompt) or is_long(pipe, negative)):
+        return draw_cut(pipe, prompt, seeds, steps, guidance, negative)
     import torch
 
     from ..families import detect_family
@@ -43,12 +54,17 @@ def draw(pipe, prompt: str, seeds: Sequence[int] = SEEDS, steps: int = STEPS, gu
     family = detect_family(pipe)
     with torch.inference_mode():
         states = family.encode_long(pipe, [prompt])["states"]
+        unconditional = family.encode_long(pipe, [negative])["states"]
         empty = family.encode_long(pipe, [""])["states"]
-        # the unconditional side gets as many empty chunks, as A1111 pads it, so both have one length
-        negative = empty.repeat(1, states.shape[1] // empty.shape[1], 1)
+        # the shorter side gets empty chunks, as A1111 pads it, so both have one length
+        chunks = max(states.shape[1], unconditional.shape[1])
+
+        def padded(x):
+            return torch.cat([x, empty.repeat(1, (chunks - x.shape[1]) // empty.shape[1], 1)], dim=1)
+
         return pipe(
-            prompt_embeds=states,
-            negative_prompt_embeds=negative,
+            prompt_embeds=padded(states),
+            negative_prompt_embeds=padded(unconditional),
             num_inference_steps=steps,
             guidance_scale=guidance,
             height=SIZE,
@@ -58,11 +74,18 @@ def draw(pipe, prompt: str, seeds: Sequence[int] = SEEDS, steps: int = STEPS, gu
         ).images
 
 
-def draw_cut(pipe, prompt: str, seeds: Sequence[int] = SEEDS, steps: int = STEPS, guidance: float = GUIDANCE):
-    """K pictures of ``prompt`` as the pipeline draws it (cut at the window when longer)."""
+def draw_cut(
+    pipe,
+    prompt: str,
+    seeds: Sequence[int] = SEEDS,
+    steps: int = STEPS,
+    guidance: float = GUIDANCE,
+    negative: str = "",
+):
+    """K pictures of ``prompt`` as the pipeline draws it (prompt and negative cut at the window when longer)."""
     from ..generate import generate_batch
 
-    return generate_batch(pipe, prompt, list(seeds), steps, guidance, SIZE, SIZE)
+    return generate_batch(pipe, prompt, list(seeds), steps, guidance, SIZE, SIZE, negative_prompt=negative or None)
 
 
 def is_long(pipe, prompt: str) -> bool:
@@ -112,6 +135,58 @@ def fidelity_table(
             "composed": round(fidelity(with_context, composed_reference), 4),
         }
     return table
+
+
+def negative_table(
+    pipe,
+    soft: str,
+    target: str,
+    words: int,
+    *,
+    positives: Sequence[str] = NEGATIVE_EVAL_POSITIVES,
+    seeds: Sequence[int] = SEEDS,
+    steps: int = STEPS,
+    guidance: float = GUIDANCE,
+) -> dict[str, dict[str, float | None]]:
+    """A negative prompt in pictures: each held-out positive drawn with the soft negative, the hard one (in
+    chunks when longer than the window; then "truncated" too, cut at it), its first ``words`` words and the
+    empty negative. Per row, averaged over the positives (each its K pictures):
+
+    - avoidance: 1 - the share of the negative's attributes (those the positive does not name) the judge finds;
+    - F: the share of the positive's own attributes found (None when no positive names any): that the
+      negative does not remove what was asked.
+    """
+    unwanted = attributes_in(target)
+    first = " ".join(target.split()[:words])
+    rows = {"soft": (soft, draw), "hard": (target, draw)}
+    if is_long(pipe, target):
+        rows["truncated"] = (target, draw_cut)
+    rows |= {f"first_{words}": (first, draw), "empty": ("", draw)}
+    table: dict[str, dict[str, float | None]] = {}
+    for name, (negative, drawer) in rows.items():
+        found, wanted = [], []
+        for positive in positives:
+            own = attributes_in(positive)
+            avoid = [a for a in unwanted if a not in own]
+            pictures = drawer(pipe, positive, seeds, steps, guidance, negative)
+            if avoid:
+                found.append(fidelity(pictures, avoid))
+            if own:
+                wanted.append(fidelity(pictures, own))
+        table[name] = {
+            "avoidance": round(1 - sum(found) / len(found), 4) if found else None,
+            "F": round(sum(wanted) / len(wanted), 4) if wanted else None,
+        }
+    return table
+
+
+def format_negative_table(table: dict[str, dict[str, float | None]]) -> str:
+    def cell(value: float | None, width: int) -> str:
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}.2f}"
+
+    lines = [f"{'negative':<10} {'avoidance':>9} {'F positive':>10}"]
+    lines += [f"{name:<10} {cell(row['avoidance'], 9)} {cell(row['F'], 10)}" for name, row in table.items()]
+    return "\n".join(lines)
 
 
 def format_table(table: dict[str, dict[str, float]]) -> str:

@@ -109,6 +109,26 @@ def random_scene(rng: random.Random, exclude: frozenset[Scene] = frozenset()) ->
 
 HELD_OUT = _held_out()
 
+# Positive prompts for negative prompts. Every training caption names every attribute of its scene, so a
+# caption tells the model what is absent too: a negative can only steer what a prompt leaves open. These
+# name no time of day (which every caption has) and a flag or two, and the model fills the rest in: with no
+# negative it draws sunset, night or mountains in a third to all of their pictures (README). Training draws
+# from the first; the second, held out, is what the measures use (fidelity.negative_table, the guided D).
+NEGATIVE_TRAIN_POSITIVES = (
+    "landscape",
+    "lake",
+    "house",
+    "view of trees",
+    "painting of trees",
+    "a photo of lake",
+    "painting of house",
+    "house and lake",
+    "trees and house",
+    "image of serene landscape",
+    "view of lake",
+)
+NEGATIVE_EVAL_POSITIVES = ("trees", "trees and lake", "a photo of trees", "")
+
 
 # ---------------------------------------------------------------- drawing
 def _lerp(a: tuple[int, ...], b: tuple[int, ...], t: float) -> tuple[int, ...]:
