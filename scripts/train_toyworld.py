@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=8000, help="rendered training pictures")
     p.add_argument("--vae-steps", type=int, default=300)
     p.add_argument("--vae-batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=3000, help="text encoder + UNet steps")
+    p.add_argument("--steps", type=int, default=5000, help="text encoder + UNet steps")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=8e-4)
     p.add_argument("--empty", type=float, default=0.1, help="share of empty captions")
