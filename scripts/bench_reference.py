@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -75,10 +76,19 @@ def trainer_at(rev: str):
 
 
 def diffusers_like_steps(
-    pipe, images: list[Path], steps: int, batch_size: int, resolution: int, lr: float = 5e-4, seed: int = 0
+    pipe,
+    images: list[Path],
+    steps: int,
+    batch_size: int,
+    resolution: int,
+    lr: float = 5e-4,
+    seed: int = 0,
+    probe: Callable[[int, object, str], None] | None = None,
 ) -> tuple[float, float]:
     """Wall and CPU seconds per step of the diffusers-script-like recipe (SD1/SD2 pipelines); the pipeline is left as it came
-    (the tokenizer and text encoder are copies)."""
+    (the tokenizer and text encoder are copies). `probe(step, view, placeholder)`, if given, runs after every
+    step with a pipeline that reads the copies (to draw the placeholder as learned so far); its time is not
+    counted."""
     tokenizer, text_encoder = copy.deepcopy(pipe.tokenizer), copy.deepcopy(pipe.text_encoder)
     unet, vae, scheduler = pipe.unet, pipe.vae, pipe.scheduler
     device, dtype = unet.device, unet.dtype
@@ -95,6 +105,7 @@ def diffusers_like_steps(
     optimizer = torch.optim.AdamW(table.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     original = table.weight.data.clone()
     rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
+    view = type(pipe)(**{**pipe.components, "tokenizer": tokenizer, "text_encoder": text_encoder}) if probe else None
     t0, c0 = time.perf_counter(), time.process_time()
     for step in range(steps):
         pixels, ids = [], []
@@ -121,6 +132,10 @@ def diffusers_like_steps(
         with torch.no_grad():
             table.weight[keep] = original[keep]
         loss.detach().item()  # the progress bar's loss
+        if probe is not None:  # not timed: shift the clocks' origins past it
+            w, c = time.perf_counter(), time.process_time()
+            probe(step + 1, view, placeholder)
+            t0, c0 = t0 + time.perf_counter() - w, c0 + time.process_time() - c
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps
