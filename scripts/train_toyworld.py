@@ -44,6 +44,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5000, help="text encoder + UNet steps")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=8e-4)
+    p.add_argument(
+        "--restarts",
+        type=lambda text: [int(x) for x in text.split(",") if x],
+        default=[400, 1200, 3000],
+        help="steps at which the cosine schedule starts again (comma-separated; '' for none). The default "
+        "replays the shipped model's history, a --work folder resumed with --steps 400, 1200, 3000, 5000, so that "
+        "a run from scratch takes the same learning rates step by step",
+    )
     p.add_argument("--empty", type=float, default=0.1, help="share of empty captions")
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--every", type=int, default=100, help="checkpoint every N steps")
@@ -116,6 +124,15 @@ def encode_latents(vae, pixels: torch.Tensor, work: Path) -> tuple[torch.Tensor,
 
 
 # ---------------------------------------------------------------- stage 3: text encoder + UNet
+def learning_rate(args, step: int) -> float:
+    """Linear warm-up, then a cosine from lr to 0.1 lr ending at the segment's last step; each restart begins
+    a segment, as resuming with a larger --steps did (so a resumed run and a run from scratch agree)."""
+    ends = sorted(r for r in args.restarts if 0 < r < args.steps) + [args.steps]
+    segment_end = next(e for e in ends if step < e)
+    warmup = min(100, segment_end // 10 + 1)
+    return args.lr * min(1.0, (step + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * step / segment_end))
+
+
 def train_denoiser(args, scenes, latents: torch.Tensor, scaling: float, tokenizer, work: Path):
     text_encoder, unet = toy.text_encoder(len(tokenizer)), toy.unet()
     params = list(text_encoder.parameters()) + list(unet.parameters())
@@ -132,11 +149,10 @@ def train_denoiser(args, scenes, latents: torch.Tensor, scaling: float, tokenize
     text_encoder.train()
     unet.train()
     alphas = scheduler.alphas_cumprod
-    warmup = min(100, args.steps // 10 + 1)
     end = start if args.export else args.steps
     bar = tqdm(range(start, end), initial=start, total=end, desc="text encoder + unet", mininterval=5)
     for step in bar:
-        lr = args.lr * min(1.0, (step + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * step / args.steps))
+        lr = learning_rate(args, step)
         for group in opt.param_groups:
             group["lr"] = lr
         g = torch.Generator().manual_seed(args.seed * 104729 + step)
