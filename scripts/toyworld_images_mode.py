@@ -36,6 +36,7 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--model", default="toyworld", help="the toy world, or a folder train_toyworld.py wrote")
     args = p.parse_args(argv)
     try:
         scene = Scene.parse(args.scene)
@@ -44,7 +45,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     reference = sorted(scene.attributes)
     words = " and ".join(sorted(scene.flags)) + f" at {scene.time}"
-    pipe = load_pipeline("toyworld", device="cpu", progress=False)
+    pipe = load_pipeline(args.model, device="cpu", progress=False)
     result = {"scene": scene.key(), "words": words, "args": vars(args)}
     result["F_words"] = fid.fidelity(fid.draw(pipe, words), reference)
     result["F_empty"] = fid.fidelity(fid.draw(pipe, ""), reference)
@@ -56,7 +57,7 @@ def main(argv=None) -> None:
             render(scene, 100_000 + i).save(folder / f"{i}.png")
         for seed in args.seeds:
             cfg = TrainConfig(
-                model="toyworld",
+                model=args.model,
                 out=str(Path(tmp) / f"soft-{seed}.safetensors"),
                 mode="images",
                 images=str(folder),
