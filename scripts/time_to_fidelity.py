@@ -24,6 +24,7 @@ compare on a shared machine. F moves in steps of 1/(4 pictures x attributes): 1/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -144,10 +145,11 @@ def images_mode(pipe, args, seed: int, folder: Path) -> dict:
         progress=False,
         checkpoint_every=0,
     )
-    curves = {
-        "this package (defaults)": run_trainer(pipe, cfg, reference, args.every),
-        "diffusers-like recipe": run_recipe(pipe, images, args.recipe_steps_images, reference, args.every, seed),
-    }
+    curves = {"this package (defaults)": run_trainer(pipe, cfg, reference, args.every)}
+    if args.snr_gamma is not None:
+        weighted = dataclasses.replace(cfg, snr_gamma=args.snr_gamma)
+        curves[f"same, min-SNR gamma {args.snr_gamma:g}"] = run_trainer(pipe, weighted, reference, args.every)
+    curves["diffusers-like recipe"] = run_recipe(pipe, images, args.recipe_steps_images, reference, args.every, seed)
     return summary(curves)
 
 
@@ -208,6 +210,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps-text", type=int, default=100)
     p.add_argument("--recipe-steps-text", type=int, default=300)
     p.add_argument("--every-text", type=int, default=10)
+    p.add_argument("--snr-gamma", type=float, help="images mode: also the defaults with min-SNR weighting")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(1)

@@ -284,6 +284,10 @@ TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "warmup": ("--warmup", {"type": int, "help": "linear warm-up steps"}),
     "schedule": ("--schedule", {"help": "learning-rate schedule: constant or cosine"}),
     "max_grad_norm": ("--max-grad-norm", {"type": float, "help": "gradient clipping norm"}),
+    "snr_gamma": (
+        "--snr-gamma",
+        {"type": float, "help": "images mode: min-SNR weighting of the denoising loss (e.g. 5); DDPM models only"},
+    ),
     "seed": ("--seed", {"type": int, "help": "seed"}),
     "mixed_precision": ("--mixed-precision", {"choices": ("no", "fp16", "bf16"), "help": "frozen models' precision"}),
     "init": (

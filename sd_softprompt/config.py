@@ -49,6 +49,7 @@ class TrainConfig:
     resolution: int = 512
     flip: bool = True
     style: bool = False
+    snr_gamma: float | None = None  # images mode: min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
     validate_every: int = 0
     validation_prompts: list[str] = field(default_factory=list)
     validation_seeds: list[int] = field(default_factory=lambda: [0, 1])
@@ -93,6 +94,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError("--role negative distils a negative prompt, used alone: --mode text, and no --context")
     if cfg.mode not in OBJECTIVES:
         raise ConfigError(f"--mode must be one of {', '.join(OBJECTIVES)}, not {cfg.mode!r}")
+    if cfg.snr_gamma is not None and cfg.mode != "images":
+        raise ConfigError("--snr-gamma weights the images-mode denoising loss; leave it out in text mode")
     if cfg.mode == "text" and not (cfg.target or "").strip():
         raise ConfigError(
             '--target is required in text mode: the hard prompt to distil, e.g. --target "image of serene landscape at sunrise"'
@@ -146,6 +149,7 @@ _NUMBERS = {
     "--probe-pool": ("probe_pool", 1, True, True),
     "--eval-samples": ("eval_samples", 1, True, True),
     "--probe-size": ("probe_size", 8, True, True),
+    "--snr-gamma": ("snr_gamma", 0, False, False),
     "--seed": ("seed", 0, True, True),
 }
 MAX_SEED = 2**32 - 1  # the loop derives per-step seeds from it; torch takes at most 64 bits
@@ -156,7 +160,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
     defaults = {name: f.default for name, f in TrainConfig.__dataclass_fields__.items()}
     for flag, (name, low, low_ok, whole) in _NUMBERS.items():
         value = getattr(cfg, name)
-        if value is None and name == "probe_size":
+        if value is None and name in ("probe_size", "snr_gamma"):
             continue
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if (

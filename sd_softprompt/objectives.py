@@ -221,10 +221,24 @@ def encode_unique(pipe, family: Family, prompts: list[str]) -> Cond:
     return {k: v[index.to(v.device)] for k, v in cond.items()}
 
 
-def image_loss(pipe, family: Family, x0, noise, t, cond: Cond) -> torch.Tensor:
+def min_snr_weights(pipe, family: Family, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample min-SNR-gamma weights (Hang et al. 2023): min(SNR, gamma) / SNR for an epsilon target,
+    / (SNR + 1) for a v target, so that nearly clean timesteps (huge SNR) stop dominating the gradient."""
+    kind = prediction_type(pipe, family)
+    if kind == "flow":
+        raise ConfigError("--snr-gamma weights a DDPM model's timesteps; this model is flow-matching, leave it out")
+    alphas = pipe.scheduler.alphas_cumprod.to(t.device)[t].float()
+    snr = alphas / (1 - alphas)
+    return snr.clamp(max=gamma) / (snr + 1 if kind == "v_prediction" else snr)
+
+
+def image_loss(pipe, family: Family, x0, noise, t, cond: Cond, snr_gamma: float | None = None) -> torch.Tensor:
     x_t, target = noisy_and_target(pipe, family, x0, noise, t)
     pred = family.predict(pipe, x_t, t, cond)
-    return F.mse_loss(pred.float(), target.float())
+    if snr_gamma is None:
+        return F.mse_loss(pred.float(), target.float())
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+    return (per_sample * min_snr_weights(pipe, family, t, snr_gamma)).mean()
 
 
 # ---------------------------------------------------------------- the objectives
@@ -366,6 +380,8 @@ class ImageObjective:
 
     def __init__(self, pipe, family: Family, cfg: TrainConfig, tokens: list[str], log: Callable[[str], None]):
         self.pipe, self.family, self.cfg = pipe, family, cfg
+        if cfg.snr_gamma is not None:  # a flow-matching model is refused here, before the VAE runs
+            min_snr_weights(pipe, family, torch.zeros(1, dtype=torch.long), cfg.snr_gamma)
         soft_text = "".join(tokens)
         paths, warnings_ = scan_images(cfg.images)
         for w in warnings_:
@@ -399,7 +415,7 @@ class ImageObjective:
         noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
         t = sample_timesteps(self.pipe, self.family, b, generator, x0.device)
         cond = encode_unique(self.pipe, self.family, prompts)
-        return image_loss(self.pipe, self.family, x0, noise, t, cond)
+        return image_loss(self.pipe, self.family, x0, noise, t, cond, self.cfg.snr_gamma)
 
     @staticmethod
     def needs_denoiser(cfg: TrainConfig) -> bool:

@@ -1,12 +1,16 @@
-"""What --init words / hard / random, --style and --norm-weight do, each checked on its own."""
+"""What --init words / hard / random, --style, --norm-weight and --snr-gamma do, each checked on its own."""
 
 import pytest
 import torch
+from diffusers import DDPMScheduler
 from PIL import Image
 
+from sd_softprompt.config import check_config
+from sd_softprompt.errors import ConfigError
 from sd_softprompt.families import FAMILIES
+from sd_softprompt.format import SoftPrompt
 from sd_softprompt.images import OBJECT_TEMPLATES, STYLE_TEMPLATES
-from sd_softprompt.objectives import ImageObjective
+from sd_softprompt.objectives import ImageObjective, image_loss, min_snr_weights
 from sd_softprompt.rows import initial_vectors, vocab_norm
 from sd_softprompt.train import TrainConfig, train
 
@@ -70,3 +74,63 @@ def test_norm_weight_pulls_vector_norms_towards_the_vocabulary(sd1, tmp_path):
         norms = torch.tensor(train(cfg, pipe=sd1).metrics["vector_norms"]["clip_l"])
         gaps[weight] = (norms - want).abs().mean().item() / want
     assert gaps[10.0] < 0.5 * gaps[0.0], gaps
+
+
+def test_snr_gamma_weights_each_sample_by_min_snr(sd1, tmp_path):
+    """--snr-gamma: each sample's MSE times min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v), then the mean."""
+    family = FAMILIES["sd1"]
+    t = torch.tensor([0, 300, 999])
+    alphas = sd1.scheduler.alphas_cumprod[t].float()
+    snr = alphas / (1 - alphas)
+    assert snr[0] > 5 > snr[2]  # a nearly clean sample and a nearly pure-noise one
+    weights = min_snr_weights(sd1, family, t, 5.0)
+    assert torch.allclose(weights, snr.clamp(max=5.0) / snr)
+    assert weights[0] < 0.1 and weights[2] == 1.0
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, *family.latent_shape(sd1, 32, 32), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    cond = family.encode(sd1, ["a red house", "a lake", ""])
+    with torch.no_grad():
+        plain = image_loss(sd1, family, x0, noise, t, cond)
+        assert torch.allclose(image_loss(sd1, family, x0, noise, t, cond, snr_gamma=1e12), plain)
+        per_sample = torch.stack(
+            [
+                image_loss(
+                    sd1,
+                    family,
+                    x0[i : i + 1],
+                    noise[i : i + 1],
+                    t[i : i + 1],
+                    {k: v[i : i + 1] for k, v in cond.items()},
+                )
+                for i in range(3)
+            ]
+        )
+        weighted = image_loss(sd1, family, x0, noise, t, cond, snr_gamma=5.0)
+    assert torch.allclose(weighted, (per_sample * weights).mean(), rtol=1e-4)
+    assert weighted < plain  # the clean sample's large error counts for little
+
+    sd1.scheduler = DDPMScheduler.from_config(sd1.scheduler.config, prediction_type="v_prediction")
+    assert torch.allclose(min_snr_weights(sd1, family, t, 5.0), snr.clamp(max=5.0) / (snr + 1))
+
+
+def test_snr_gamma_reaches_training_and_is_refused_where_it_means_nothing(sd1, flux, tmp_path):
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(folder / "a.png")
+    vectors = {}
+    for gamma in (None, 1.0):
+        cfg = _config(
+            tmp_path / str(gamma), mode="images", images=str(folder), resolution=64, steps=3, vectors=1,
+            snr_gamma=gamma, eval_samples=2, probe_size=64, checkpoint_every=0,
+        )  # fmt: skip
+        vectors[gamma] = SoftPrompt.load(train(cfg, pipe=sd1).soft_prompt).vectors["clip_l"]
+    assert not torch.allclose(vectors[None], vectors[1.0])  # same seed and batches, other per-sample weights
+
+    with pytest.raises(ConfigError, match="text mode"):
+        check_config(_config(tmp_path, target="a lake", snr_gamma=5.0))
+    with pytest.raises(ConfigError, match="--snr-gamma 0: must be a finite number above 0"):
+        check_config(_config(tmp_path, mode="images", images=str(folder), snr_gamma=0.0))
+    with pytest.raises(ConfigError, match="flow-matching"):
+        min_snr_weights(flux, FAMILIES["flux"], torch.zeros(1, dtype=torch.long), 5.0)
