@@ -132,5 +132,6 @@ def test_snr_gamma_reaches_training_and_is_refused_where_it_means_nothing(sd1, f
         check_config(_config(tmp_path, target="a lake", snr_gamma=5.0))
     with pytest.raises(ConfigError, match="--snr-gamma 0: must be a finite number above 0"):
         check_config(_config(tmp_path, mode="images", images=str(folder), snr_gamma=0.0))
-    with pytest.raises(ConfigError, match="flow-matching"):
-        min_snr_weights(flux, FAMILIES["flux"], torch.zeros(1, dtype=torch.long), 5.0)
+    flow = _config(tmp_path, mode="images", images=str(folder), resolution=64, snr_gamma=5.0)
+    with pytest.raises(ConfigError, match="flow-matching"):  # where training builds its objective, before the VAE
+        ImageObjective(flux, FAMILIES["flux"], flow, ["<s1>"], log=lambda m: None)
