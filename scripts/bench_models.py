@@ -7,7 +7,7 @@ SD1 architecture the speed issue (#11) compares on: a 256-wide 4-layer CLIP and 
 
 from __future__ import annotations
 
-from sd_softprompt import tiny
+from sd_softprompt.models import tiny
 
 FAMILIES = ["sd1-mid", "sd1", "sdxl", "flux"]
 

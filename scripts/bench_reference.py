@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sd_softprompt.images import load_image
+from sd_softprompt.train.data import load_image
 
 REPO = Path(__file__).resolve().parent.parent
 # the templates the textual-inversion scripts fill with the placeholder (imagenet_templates_small)

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from sd_softprompt import tiny
-from sd_softprompt.format import SoftPrompt
-from sd_softprompt.loader import load_soft_prompt, load_soft_prompts, unload_soft_prompt
+from sd_softprompt.files.softprompt import SoftPrompt
+from sd_softprompt.inject.loader import load_soft_prompt, load_soft_prompts, unload_soft_prompt
+from sd_softprompt.models import tiny
 
 CLIP_VOCAB = 49408
 

@@ -52,7 +52,7 @@ def peak_tflops(device: str, dtype: str) -> float | None:
 def load(args):
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     if args.model:
-        from sd_softprompt.pipeline import load_pipeline
+        from sd_softprompt.models.pipeline import load_pipeline
 
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, progress=False)
     else:
@@ -171,7 +171,7 @@ def interleaved(pipe, args, tmp: Path, images: Path | None) -> dict:
     seconds do. On a GPU the wall seconds are the figure."""
     from bench_reference import diffusers_like_steps, trainer_at
 
-    from sd_softprompt import objectives
+    from sd_softprompt.train import objectives
 
     def trainer(train_fn, cfg_cls, objectives_module):
         def run():

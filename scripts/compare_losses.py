@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from sd_softprompt import tiny
-from sd_softprompt.objectives import LOSSES
+from sd_softprompt.models import tiny
 from sd_softprompt.train import TrainConfig, train
+from sd_softprompt.train.objectives import LOSSES
 
 HARD = "image of serene landscape at sunrise with trees mountains and lake"
 

@@ -22,17 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sd_softprompt.toyworld import fidelity as fid  # noqa: E402
-from sd_softprompt.toyworld.judge import augment, judge  # noqa: E402
-from sd_softprompt.toyworld.world import (  # noqa: E402
-    FLAGS,
-    HELD_OUT,
-    UNNAMED,
-    Scene,
-    caption,
-    random_scene,
-    render,
-)
+from sd_softprompt.models.toyworld import fidelity as fid  # noqa: E402
+from sd_softprompt.models.toyworld.judge import augment, judge  # noqa: E402
+from sd_softprompt.models.toyworld.world import FLAGS, HELD_OUT, UNNAMED, Scene, caption, random_scene, render
 
 
 def decisions(truth: Scene, seen: Scene) -> dict[str, bool]:
@@ -99,7 +91,7 @@ def main() -> None:
     torch.set_num_threads(1)
     result = {"renders": {"pictures": args.renders, "accuracy": on_renders(args.renders, seed=1)}}
     if not args.renders_only:
-        from sd_softprompt.pipeline import load_pipeline
+        from sd_softprompt.models.pipeline import load_pipeline
 
         pipe = load_pipeline(args.model, device="cpu", progress=False)
         settings = {"steps": args.steps, "guidance": args.guidance, "seeds": args.seeds}

@@ -16,10 +16,10 @@ import sys
 
 from sd_softprompt.errors import SoftPromptError
 from sd_softprompt.families import detect_family
-from sd_softprompt.format import SoftPrompt
-from sd_softprompt.loader import load_soft_prompt
-from sd_softprompt.measure import EVAL_CONTEXTS, Probe, distance_report
-from sd_softprompt.pipeline import load_pipeline
+from sd_softprompt.files.softprompt import SoftPrompt
+from sd_softprompt.inject.loader import load_soft_prompt
+from sd_softprompt.models.pipeline import load_pipeline
+from sd_softprompt.train.measure import EVAL_CONTEXTS, Probe, distance_report
 
 
 def main() -> int:

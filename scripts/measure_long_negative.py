@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from sd_softprompt import tiny
 from sd_softprompt.families import detect_family
-from sd_softprompt.measure import EVAL_POSITIVES
+from sd_softprompt.models import tiny
 from sd_softprompt.train import TrainConfig, train
+from sd_softprompt.train.measure import EVAL_POSITIVES
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
@@ -62,7 +62,7 @@ def mean(values: list[float]) -> str:
 
 def toyworld(model: str, seeds: list[int], steps: int, vectors: int, folder: Path) -> dict:
     """The toy negative trained once per seed on ``model``; its metrics (with the table in pictures) by seed."""
-    from sd_softprompt.pipeline import load_pipeline
+    from sd_softprompt.models.pipeline import load_pipeline
 
     pipe = load_pipeline(model, device="cpu", progress=False)
     runs = {}
@@ -84,8 +84,8 @@ def toyworld(model: str, seeds: list[int], steps: int, vectors: int, folder: Pat
 
 
 def print_toyworld(runs: dict, args) -> None:
-    from sd_softprompt.toyworld import fidelity as fid
-    from sd_softprompt.toyworld.world import NEGATIVE_EVAL_POSITIVES
+    from sd_softprompt.models.toyworld import fidelity as fid
+    from sd_softprompt.models.toyworld.world import NEGATIVE_EVAL_POSITIVES
 
     target = " ".join((SAMPLES / "toyworld_negative_prompt.txt").read_text().split())
     seeds = list(runs)

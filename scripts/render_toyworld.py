@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sd_softprompt.toyworld.world import UNNAMED, Scene, render  # noqa: E402
+from sd_softprompt.models.toyworld.world import UNNAMED, Scene, render  # noqa: E402
 
 
 def main(argv=None) -> None:

@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_reference import diffusers_like_steps  # noqa: E402
 
-from sd_softprompt.pipeline import load_pipeline  # noqa: E402
-from sd_softprompt.toyworld import fidelity as fid  # noqa: E402
-from sd_softprompt.toyworld.world import UNNAMED, mission_caption, render  # noqa: E402
+from sd_softprompt.models.pipeline import load_pipeline  # noqa: E402
+from sd_softprompt.models.toyworld import fidelity as fid  # noqa: E402
+from sd_softprompt.models.toyworld.world import UNNAMED, mission_caption, render  # noqa: E402
 from sd_softprompt.train import TrainConfig, train  # noqa: E402
 
 

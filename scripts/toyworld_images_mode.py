@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sd_softprompt.loader import load_soft_prompt, unload_soft_prompt  # noqa: E402
-from sd_softprompt.pipeline import load_pipeline  # noqa: E402
-from sd_softprompt.toyworld import fidelity as fid  # noqa: E402
-from sd_softprompt.toyworld.world import UNNAMED, Scene, render  # noqa: E402
+from sd_softprompt.inject.loader import load_soft_prompt, unload_soft_prompt  # noqa: E402
+from sd_softprompt.models.pipeline import load_pipeline  # noqa: E402
+from sd_softprompt.models.toyworld import fidelity as fid  # noqa: E402
+from sd_softprompt.models.toyworld.world import UNNAMED, Scene, render  # noqa: E402
 from sd_softprompt.train import TrainConfig, train  # noqa: E402
 
 

@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sd_softprompt.toyworld import model as toy  # noqa: E402
-from sd_softprompt.toyworld.world import HELD_OUT, UNNAMED, caption, random_scene, render_array  # noqa: E402
+from sd_softprompt.models.toyworld import model as toy  # noqa: E402
+from sd_softprompt.models.toyworld.world import HELD_OUT, UNNAMED, caption, random_scene, render_array  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -31,22 +31,22 @@ __version__ = "0.1.0"
 
 # public name -> submodule that defines it
 _LAZY = {
-    "SoftPrompt": "format",
-    "load_soft_prompt": "loader",
-    "load_soft_prompts": "loader",
-    "loaded_soft_prompts": "loader",
-    "LoadedSoftPrompt": "loader",
-    "unload_soft_prompt": "loader",
-    "load_bundle": "format",
-    "bundle_into_lora": "format",
-    "lora_weights": "bundles",
-    "mix": "mixing",
-    "concat": "mixing",
-    "scale": "mixing",
-    "interpolate": "mixing",
+    "SoftPrompt": "files.softprompt",
+    "load_soft_prompt": "inject.loader",
+    "load_soft_prompts": "inject.loader",
+    "loaded_soft_prompts": "inject.loader",
+    "LoadedSoftPrompt": "inject.loader",
+    "unload_soft_prompt": "inject.loader",
+    "load_bundle": "files.softprompt",
+    "bundle_into_lora": "files.softprompt",
+    "lora_weights": "files.bundles",
+    "mix": "files.mixing",
+    "concat": "files.mixing",
+    "scale": "files.mixing",
+    "interpolate": "files.mixing",
     "detect_family": "families",
     "FAMILIES": "families",
-    "TrainConfig": "config",  # the trainer itself: from sd_softprompt.train import train
+    "TrainConfig": "train.config",  # the trainer itself: from sd_softprompt.train import train
 }
 
 __all__ = [

@@ -13,7 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # slow down by 100x when another process holds a core (two-process accelerate test, parallel runs).
 torch.set_num_threads(1)
 
-from sd_softprompt import tiny  # noqa: E402
+from sd_softprompt.models import tiny  # noqa: E402
 
 
 @pytest.fixture

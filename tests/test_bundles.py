@@ -11,12 +11,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sd_softprompt import cli, tiny
-from sd_softprompt.bundles import lora_weights
+from sd_softprompt import cli
 from sd_softprompt.errors import FormatError, TokenCollisionError
 from sd_softprompt.families import detect_family
-from sd_softprompt.format import SoftPrompt, bundle_into_lora, load_bundle
-from sd_softprompt.loader import load_soft_prompt, loaded_soft_prompts, unload_soft_prompt
+from sd_softprompt.files.bundles import lora_weights
+from sd_softprompt.files.softprompt import SoftPrompt, bundle_into_lora, load_bundle
+from sd_softprompt.inject.loader import load_soft_prompt, loaded_soft_prompts, unload_soft_prompt
+from sd_softprompt.models import tiny
 
 peft = pytest.importorskip("peft")  # diffusers' load_lora_weights needs it; a [test]/[dev] dependency
 

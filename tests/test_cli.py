@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sd_softprompt import cli, cli_parser
-from sd_softprompt.format import SoftPrompt
+from sd_softprompt import cli
+from sd_softprompt.cli import parser as cli_parser
+from sd_softprompt.files.softprompt import SoftPrompt
 from sd_softprompt.train import TrainConfig, TrainResult
 
 FAST = ["--steps", "2", "--height", "64", "--width", "64"]

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from sd_softprompt import cli
-from sd_softprompt.generate import generate_batch
-from sd_softprompt.pipeline import load_pipeline
-from sd_softprompt.scoring import ClipScorer, Reference, score_rows
+from sd_softprompt.models.pipeline import load_pipeline
+from sd_softprompt.render.generate import generate_batch
+from sd_softprompt.render.scoring import ClipScorer, Reference, score_rows
 
 FAST = ["--steps", "2", "--height", "64", "--width", "64"]
 PROMPTS = ["mountain view", "a lake at night"]

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sd_softprompt.format import SoftPrompt
+from sd_softprompt.files.softprompt import SoftPrompt
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from sd_softprompt.errors import UnsupportedPipelineError
 from sd_softprompt.families import FAMILIES, detect_family
-from sd_softprompt.format import SoftPrompt
+from sd_softprompt.files.softprompt import SoftPrompt
 from sd_softprompt.train import TrainConfig, train
 
 HARD = "image of serene landscape at sunrise with trees mountains and lake"
@@ -173,7 +173,7 @@ def test_a_pipeline_missing_a_text_encoder_is_refused_in_one_line(sd3):
 def test_sd3_img2img_and_inpaint_are_sd3_and_take_soft_prompts(sd3):
     from diffusers import StableDiffusion3Img2ImgPipeline, StableDiffusion3InpaintPipeline
 
-    from sd_softprompt.loader import load_soft_prompt, unload_soft_prompt
+    from sd_softprompt.inject.loader import load_soft_prompt, unload_soft_prompt
 
     g = torch.Generator().manual_seed(0)
     for cls in (StableDiffusion3Img2ImgPipeline, StableDiffusion3InpaintPipeline):

@@ -15,9 +15,9 @@ import torch
 from PIL import Image, PngImagePlugin
 from safetensors.torch import save_file
 
-from sd_softprompt import safe_read, writers
 from sd_softprompt.errors import FormatError, InvalidVectorsError, SoftPromptError, UnsafeFileError, WriteError
-from sd_softprompt.format import (
+from sd_softprompt.files import safe_read, writers
+from sd_softprompt.files.softprompt import (
     ENCODER_KEYS,
     FORMAT_VERSION,
     FORMATS,

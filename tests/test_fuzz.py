@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from sd_softprompt.errors import SoftPromptError
-from sd_softprompt.format import SoftPrompt
+from sd_softprompt.files.softprompt import SoftPrompt
 
 MUTANTS_PER_FILE = 120
 

@@ -11,11 +11,11 @@ from PIL import Image
 
 from sd_softprompt.errors import ConfigError, UnsupportedPipelineError
 from sd_softprompt.families import detect_family
-from sd_softprompt.format import SoftPrompt
-from sd_softprompt.generate import generate, grid_caption, run_grid
-from sd_softprompt.grid import grid_geometry
-from sd_softprompt.loader import load_soft_prompt, unload_soft_prompt
-from sd_softprompt.pipeline import load_pipeline, resolve_dtype
+from sd_softprompt.files.softprompt import SoftPrompt
+from sd_softprompt.inject.loader import load_soft_prompt, unload_soft_prompt
+from sd_softprompt.models.pipeline import load_pipeline, resolve_dtype
+from sd_softprompt.render.generate import generate, grid_caption, run_grid
+from sd_softprompt.render.grid import grid_geometry
 
 FAST = dict(steps=2, guidance=5.0, height=64, width=64)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageChops
 
-from sd_softprompt.grid import grid_geometry, load_font, make_grid, wrap_text
+from sd_softprompt.render.grid import grid_geometry, load_font, make_grid, wrap_text
 
 CELL = (48, 32)
 

@@ -18,9 +18,9 @@ from safetensors.torch import save_file
 
 from sd_softprompt import cli
 from sd_softprompt.errors import InvalidVectorsError, SoftPromptError, TokenCollisionError, WriteError
-from sd_softprompt.format import SoftPrompt
-from sd_softprompt.inspection import inspect_file
-from sd_softprompt.loader import load_soft_prompt, loaded_tokens, shadowed_word
+from sd_softprompt.files.softprompt import SoftPrompt
+from sd_softprompt.inject.inspection import inspect_file
+from sd_softprompt.inject.loader import load_soft_prompt, loaded_tokens, shadowed_word
 
 WIDTH = 32  # the tiny SD1 pipeline's CLIP width
 
@@ -477,7 +477,7 @@ def test_train_token_checks(tiny_dirs, tmp_path, capsys, monkeypatch):
 
 def _interrupt_at(monkeypatch, call: int) -> None:
     """Ctrl-C during the `call`-th loss (the first is the fixed-batch loss before training)."""
-    from sd_softprompt import objectives
+    from sd_softprompt.train import objectives
 
     real, calls = objectives.cond_loss, [0]
 

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 from sd_softprompt.errors import FormatError, WidthMismatchError
-from sd_softprompt.format import SoftPrompt
-from sd_softprompt.inspection import format_inspection, inspect_file, readable_token
-from sd_softprompt.loader import load_soft_prompt
+from sd_softprompt.files.softprompt import SoftPrompt
+from sd_softprompt.inject.inspection import format_inspection, inspect_file, readable_token
+from sd_softprompt.inject.loader import load_soft_prompt
 
 
 def _row(pipe, tokenizer: str, encoder: str, text: str) -> torch.Tensor:

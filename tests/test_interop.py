@@ -5,10 +5,10 @@ import torch
 from diffusers.loaders.textual_inversion import TextualInversionLoaderMixin
 from safetensors.torch import load_file
 
-from sd_softprompt import tiny
 from sd_softprompt.families import FAMILIES
-from sd_softprompt.format import SoftPrompt, convert
-from sd_softprompt.loader import load_soft_prompt
+from sd_softprompt.files.softprompt import SoftPrompt, convert
+from sd_softprompt.inject.loader import load_soft_prompt
+from sd_softprompt.models import tiny
 
 PROMPT = "{} mountain view"
 WRITABLE = {

@@ -3,8 +3,8 @@ import torch
 
 from sd_softprompt.errors import TokenCollisionError, WidthMismatchError
 from sd_softprompt.families import detect_family
-from sd_softprompt.format import SoftPrompt
-from sd_softprompt.loader import load_soft_prompt, loaded_tokens, unload_soft_prompt
+from sd_softprompt.files.softprompt import SoftPrompt
+from sd_softprompt.inject.loader import load_soft_prompt, loaded_tokens, unload_soft_prompt
 
 
 def soft_for(pipe, n=3, seed=0, scale=0.5) -> SoftPrompt:
@@ -174,7 +174,7 @@ def test_flux_t5_vectors_change_prompt_embeds(flux):
 
 
 def test_prompt_overflow_counts_soft_tokens(sd1):
-    from sd_softprompt.loader import prompt_overflow
+    from sd_softprompt.inject.loader import prompt_overflow
 
     load_soft_prompt(sd1, soft_for(sd1, n=3))
     words = " ".join(["lake"] * 73)  # 73 words + 3 soft tokens = 76 > 75 positions between start and end

@@ -7,7 +7,7 @@ import torch
 
 from sd_softprompt.errors import TokenCollisionError
 from sd_softprompt.families import detect_family
-from sd_softprompt.loader import (
+from sd_softprompt.inject.loader import (
     load_soft_prompt,
     load_soft_prompts,
     loaded_soft_prompts,

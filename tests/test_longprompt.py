@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from sd_softprompt import tiny
 from sd_softprompt.families import CHUNK, chunk_token_ids, detect_family, fits_window
+from sd_softprompt.models import tiny
 
 # 24 clauses, about 150 tokens on the tiny tokenizers: two CLIP windows' worth
 LONG = ", ".join(
@@ -130,7 +130,7 @@ def long_config(tmp_path, **kw):
 def test_long_target_trains_and_beats_the_truncated_prompt(tmp_path, sd1):
     """150 tokens from a file, distilled into 8 vectors: closer to the whole (chunked) prompt than the
     pipeline's own encoding of it, which drops everything after the 75th token."""
-    from sd_softprompt.format import SoftPrompt
+    from sd_softprompt.files.softprompt import SoftPrompt
     from sd_softprompt.train import train
 
     target = tmp_path / "long.txt"
@@ -172,7 +172,7 @@ def test_state_losses_refuse_a_long_target(tmp_path, sd1):
     ],
 )
 def test_target_file_errors(tmp_path, setup, message):
-    from sd_softprompt.cli import main
+    from sd_softprompt.cli.main import main
 
     (tmp_path / "t.txt").write_text("a cat")
     (tmp_path / "empty.txt").write_text(" \n ")

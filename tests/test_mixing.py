@@ -11,11 +11,11 @@ from PIL import Image, ImageChops
 
 from sd_softprompt import cli
 from sd_softprompt.errors import MixError
-from sd_softprompt.format import SoftPrompt
-from sd_softprompt.generate import generate, run_interpolation
-from sd_softprompt.grid import grid_geometry
-from sd_softprompt.loader import load_soft_prompt, loaded_soft_prompts, loaded_tokens, unload_soft_prompt
-from sd_softprompt.mixing import concat, interpolate, mix, scale
+from sd_softprompt.files.mixing import concat, interpolate, mix, scale
+from sd_softprompt.files.softprompt import SoftPrompt
+from sd_softprompt.inject.loader import load_soft_prompt, loaded_soft_prompts, loaded_tokens, unload_soft_prompt
+from sd_softprompt.render.generate import generate, run_interpolation
+from sd_softprompt.render.grid import grid_geometry
 
 
 def soft(n=3, seed=0, keys=(("clip_l", 32),), dtype=torch.float32, family="sd1", name=None) -> SoftPrompt:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from sd_softprompt import measure as obj
-from sd_softprompt import tiny
 from sd_softprompt.families import detect_family
+from sd_softprompt.models import tiny
+from sd_softprompt.train import measure as obj
 
 NEGATIVE = (
     "lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, cropped, "
@@ -59,9 +59,9 @@ def test_sdxl_without_negative_is_zeros_and_flux_has_none(sdxl, flux):
 
 
 def test_negative_soft_prompt_beats_no_negative_on_the_guided_measure(tmp_path, sd1):
-    from sd_softprompt.format import SoftPrompt
-    from sd_softprompt.generate import generate
-    from sd_softprompt.loader import load_soft_prompt
+    from sd_softprompt.files.softprompt import SoftPrompt
+    from sd_softprompt.inject.loader import load_soft_prompt
+    from sd_softprompt.render.generate import generate
     from sd_softprompt.train import TrainConfig, train
 
     cfg = TrainConfig(
@@ -97,7 +97,7 @@ def test_negative_soft_prompt_beats_no_negative_on_the_guided_measure(tmp_path, 
 
 
 def test_flux_refuses_a_negative_role_in_one_line(tmp_path, tiny_dirs, capsys):
-    from sd_softprompt.cli import main
+    from sd_softprompt.cli.main import main
 
     out, model = tmp_path / "neg.safetensors", tiny_dirs("flux")
     capsys.readouterr()
@@ -117,8 +117,8 @@ def test_flux_refuses_a_negative_role_in_one_line(tmp_path, tiny_dirs, capsys):
 def test_cli_generate_takes_soft_tokens_in_the_negative_prompt(tmp_path, tiny_dirs):
     from PIL import Image
 
-    from sd_softprompt.cli import main
-    from sd_softprompt.format import SoftPrompt
+    from sd_softprompt.cli.main import main
+    from sd_softprompt.files.softprompt import SoftPrompt
 
     g = torch.Generator().manual_seed(0)
     SoftPrompt(vectors={"clip_l": torch.randn(2, 32, generator=g)}).save(tmp_path / "neg.safetensors")

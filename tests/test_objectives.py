@@ -5,11 +5,19 @@ import math
 import pytest
 import torch
 
-from sd_softprompt import tiny
 from sd_softprompt.errors import ConfigError
 from sd_softprompt.families import FAMILIES
-from sd_softprompt.objectives import LOSSES, Alignment, alignment, alignments, cond_loss, get_loss, sequence_loss
-from sd_softprompt.train import TrainConfig, lr_factor, unused_in_loop
+from sd_softprompt.models import tiny
+from sd_softprompt.train.objectives import (
+    LOSSES,
+    Alignment,
+    alignment,
+    alignments,
+    cond_loss,
+    get_loss,
+    sequence_loss,
+)
+from sd_softprompt.train.trainer import TrainConfig, lr_factor, unused_in_loop
 
 
 def test_loss_registry_says_what_each_loss_needs_and_refuses_other_names():
@@ -94,7 +102,7 @@ def test_lr_schedule_warms_up_then_holds_or_decays():
 
 def test_denoiser_fresh_draws_new_noise_each_step_and_learns(sd1, tmp_path):
     """The pool's predecessor, kept so that the README's comparison rows can be reproduced."""
-    from sd_softprompt.format import SoftPrompt
+    from sd_softprompt.files.softprompt import SoftPrompt
     from sd_softprompt.train import train
 
     cfg = TrainConfig(
@@ -118,10 +126,10 @@ def test_denoiser_fresh_draws_new_noise_each_step_and_learns(sd1, tmp_path):
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_repeated_prompts_are_encoded_once_with_the_same_rows_and_gradients(family):
     from sd_softprompt.families import detect_family
-    from sd_softprompt.format import SoftPrompt
-    from sd_softprompt.loader import load_soft_prompt
-    from sd_softprompt.objectives import encode_unique
-    from sd_softprompt.rows import trainable_rows
+    from sd_softprompt.files.softprompt import SoftPrompt
+    from sd_softprompt.inject.loader import load_soft_prompt
+    from sd_softprompt.train.objectives import encode_unique
+    from sd_softprompt.train.rows import trainable_rows
 
     pipe = tiny.build_sd(1) if family == "sd1" else tiny.build_sdxl()
     fam = detect_family(pipe)
@@ -149,7 +157,7 @@ def test_repeated_prompts_are_encoded_once_with_the_same_rows_and_gradients(fami
 
 def test_denoiser_pool_batched_across_contexts_matches_one_latent_at_a_time(sd1, capsys):
     from sd_softprompt.families import detect_family
-    from sd_softprompt.objectives import POOL_BATCH, TextObjective
+    from sd_softprompt.train.objectives import POOL_BATCH, TextObjective
 
     family = detect_family(sd1)
     hard = "image of serene landscape at sunrise with trees mountains and lake"

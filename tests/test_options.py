@@ -5,14 +5,14 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from sd_softprompt.config import check_config
 from sd_softprompt.errors import ConfigError
 from sd_softprompt.families import FAMILIES
-from sd_softprompt.format import SoftPrompt
-from sd_softprompt.images import OBJECT_TEMPLATES, STYLE_TEMPLATES
-from sd_softprompt.objectives import ImageObjective, image_loss, min_snr_weights
-from sd_softprompt.rows import initial_vectors, vocab_norm
+from sd_softprompt.files.softprompt import SoftPrompt
 from sd_softprompt.train import TrainConfig, train
+from sd_softprompt.train.config import check_config
+from sd_softprompt.train.data import OBJECT_TEMPLATES, STYLE_TEMPLATES
+from sd_softprompt.train.objectives import ImageObjective, image_loss, min_snr_weights
+from sd_softprompt.train.rows import initial_vectors, vocab_norm
 
 
 def _config(tmp_path, **kw) -> TrainConfig:

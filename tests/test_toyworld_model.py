@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sd_softprompt.format import SoftPrompt
-from sd_softprompt.loader import load_soft_prompt, unload_soft_prompt
-from sd_softprompt.pipeline import load_pipeline
-from sd_softprompt.toyworld import fidelity as fid
-from sd_softprompt.toyworld.model import MODEL_DIR, NAME
-from sd_softprompt.toyworld.world import MISSION, NEGATIVE_EVAL_POSITIVES, UNNAMED, mission_caption, render
+from sd_softprompt.files.softprompt import SoftPrompt
+from sd_softprompt.inject.loader import load_soft_prompt, unload_soft_prompt
+from sd_softprompt.models.pipeline import load_pipeline
+from sd_softprompt.models.toyworld import fidelity as fid
+from sd_softprompt.models.toyworld.model import MODEL_DIR, NAME
+from sd_softprompt.models.toyworld.world import MISSION, NEGATIVE_EVAL_POSITIVES, UNNAMED, mission_caption, render
 from sd_softprompt.train import TrainConfig, train
 
 SEEDS = (0, 1, 2, 3)
@@ -36,7 +36,7 @@ def _f(pipe, prompt: str, attributes) -> float:
 
 
 def test_demo_soft_prompt_draws_what_the_hard_prompt_draws_and_its_first_words_do_not(toy, tmp_path, capsys):
-    from sd_softprompt.cli import main
+    from sd_softprompt.cli.main import main
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--steps", "40"]) == 0

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from sd_softprompt.errors import ConfigError
-from sd_softprompt.scoring import ClipScorer, Reference
-from sd_softprompt.toyworld import model as toy
-from sd_softprompt.toyworld.fidelity import attributes_in
-from sd_softprompt.toyworld.judge import JudgeScorer, augment, judge, read
-from sd_softprompt.toyworld.world import (
+from sd_softprompt.models.toyworld import model as toy
+from sd_softprompt.models.toyworld.fidelity import attributes_in
+from sd_softprompt.models.toyworld.judge import JudgeScorer, augment, judge, read
+from sd_softprompt.models.toyworld.world import (
     FLAGS,
     HELD_OUT,
     MISSION,
@@ -25,6 +24,7 @@ from sd_softprompt.toyworld.world import (
     render,
     render_array,
 )
+from sd_softprompt.render.scoring import ClipScorer, Reference
 
 
 def test_render_is_seeded_and_each_seed_moves_shapes():
@@ -138,7 +138,7 @@ def test_clip_scorer_says_what_is_wrong(tmp_path, tiny_clip):
 
 
 def test_built_in_name_says_how_to_get_a_missing_toy_model(monkeypatch, tmp_path):
-    from sd_softprompt.pipeline import built_in_model
+    from sd_softprompt.models.pipeline import built_in_model
 
     monkeypatch.setattr(toy, "MODEL_DIR", tmp_path / "none")
     with pytest.raises(ConfigError, match="train_toyworld.py"):
@@ -162,9 +162,13 @@ def test_negative_prompts_get_the_toy_worlds_own_positives_and_other_models_keep
     from pathlib import Path
     from types import SimpleNamespace
 
-    from sd_softprompt.measure import EVAL_POSITIVES
-    from sd_softprompt.objectives import TRAIN_POSITIVES, positives_for
-    from sd_softprompt.toyworld.world import NEGATIVE_EVAL_POSITIVES, NEGATIVE_TRAIN_POSITIVES, captions_vocabulary
+    from sd_softprompt.models.toyworld.world import (
+        NEGATIVE_EVAL_POSITIVES,
+        NEGATIVE_TRAIN_POSITIVES,
+        captions_vocabulary,
+    )
+    from sd_softprompt.train.measure import EVAL_POSITIVES
+    from sd_softprompt.train.objectives import TRAIN_POSITIVES, positives_for
 
     (tmp_path / "toyworld.json").write_text("{}", "utf-8")
     toy_pipe = SimpleNamespace(config=SimpleNamespace(_name_or_path=str(tmp_path)))

@@ -4,10 +4,11 @@ import pytest
 import torch
 from PIL import Image
 
-from sd_softprompt import objectives, tiny
 from sd_softprompt.errors import ConfigError
-from sd_softprompt.format import SoftPrompt
-from sd_softprompt.train import TrainConfig, TrainingDiverged, checkpoint_path, train
+from sd_softprompt.files.softprompt import SoftPrompt
+from sd_softprompt.models import tiny
+from sd_softprompt.train import objectives
+from sd_softprompt.train.trainer import TrainConfig, TrainingDiverged, checkpoint_path, train
 
 HARD = "image of serene landscape at sunrise with trees mountains and lake"
 
@@ -183,14 +184,14 @@ def test_validation_grids_next_to_checkpoints(tmp_path, sd1):
 )
 def test_parts_parked_during_the_loop(family, mode, loss, parked):
     from sd_softprompt.families import FAMILIES
-    from sd_softprompt.train import unused_in_loop
+    from sd_softprompt.train.trainer import unused_in_loop
 
     cfg = TrainConfig(model="m", out="o.safetensors", mode=mode, loss=loss)
     assert unused_in_loop(cfg, FAMILIES[family]) == parked
 
 
 def test_losses_read_back_every_few_steps_and_before_each_checkpoint(monkeypatch):
-    from sd_softprompt import steps
+    from sd_softprompt.train import steps
 
     losses = steps.StepLosses([0.5])
     reads = []

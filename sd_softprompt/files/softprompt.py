@@ -1,0 +1,381 @@
+"""Soft-prompt files: the one in-memory type, its validation, and the public load / save / convert.
+
+Reading is by content, never by file extension (safe_read.py: the container; readers.py: which tool's layout);
+writing goes through one writer table keyed by format and then by layout (writers.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import FormatError, InvalidVectorsError, SoftPromptError, listed, shorten
+from .bundles import bundle_names, bundle_tokens, looks_like_lora, read_bundle, write_bundle
+from .keys import (
+    ENCODER_KEYS,
+    FAMILY_BY_KEYS,
+    FORMAT_VERSION,
+    FORMATS,
+    MAX_VECTORS,
+    REAL_WIDTHS,
+    UNASSIGNED,
+    PathLike,
+    default_tokens,
+)
+from .readers import Decoded, decode, resolve
+from .writers import WRITERS
+
+__all__ = [
+    "ENCODER_KEYS",
+    "REAL_WIDTHS",
+    "UNASSIGNED",
+    "FORMATS",
+    "FORMAT_VERSION",
+    "MAX_VECTORS",
+    "default_tokens",
+    "SoftPrompt",
+    "convert",
+    "load_bundle",
+    "load_all",
+    "bundle_into_lora",
+]
+
+
+@dataclass
+class SoftPrompt:
+    """Learned embedding vectors for one or more text encoders, all with the same count N."""
+
+    vectors: dict[str, torch.Tensor]
+    tokens: list[str] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    source_format: str = "native"
+    notes: list[str] = field(default_factory=list)
+    origin: str | None = field(default=None, compare=False)  # the file(s) it was read from, for messages
+    # What the last validate() passed: tensors (by identity and in-place version) and tokens. A file is
+    # checked when read; handing the object on (CLI -> loader) then costs no second pass over the vectors.
+    _checked: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.vectors = {key: _as_rows(value) for key, value in self.vectors.items()}
+        for key, value in self.vectors.items():
+            if isinstance(value, torch.Tensor) and value.dtype in _WIDENED:
+                self.vectors[key] = value.float()
+                self.notes.append(f"{key}: {_dtype_name(value.dtype)} vectors widened to float32")
+        self.tokens = default_tokens(self.num_vectors) if self.tokens is None else list(self.tokens)
+
+    @property
+    def num_vectors(self) -> int:
+        """N, read from the first encoder (validate checks that all agree)."""
+        first = next(iter(self.vectors.values()), None)
+        if not isinstance(first, torch.Tensor) or first.dim() == 0:
+            return 0
+        return int(first.shape[0])
+
+    @property
+    def family(self) -> str | None:
+        """``metadata["family"]`` if set, else inferred from the encoder keys."""
+        return self.metadata.get("family") or FAMILY_BY_KEYS.get(frozenset(self.vectors))
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get("name") or "softprompt"
+
+    def validate(self, source: str = "<memory>") -> None:
+        """Raise InvalidVectorsError unless every tensor is a usable set of N finite vectors."""
+        signature = self._signature()
+        if self._checked is not None and _same(signature, self._checked):
+            return
+        _check_keys(self.vectors, source)
+        for key, tensor in self.vectors.items():
+            _check_tensor(key, tensor, source)
+        _check_counts(self.vectors, source)
+        _check_tokens(self.tokens, self.num_vectors, source)
+        self._checked = signature
+
+    def _signature(self) -> tuple:
+        # The tensors themselves (held, so that no new tensor can take a checked one's id) and their versions.
+        tensors = tuple((key, t, getattr(t, "_version", None)) for key, t in self.vectors.items())
+        return tensors, tuple(self.tokens or ())
+
+    @classmethod
+    def load(cls, path: PathLike | Sequence[PathLike], token: str | None = None) -> SoftPrompt:
+        """Read any understood file, folder, or diffusers SDXL pair of files.
+
+        ``token`` names the soft prompt (metadata["name"]); a file holding a bare tensor has no
+        name of its own and falls back to the file stem.
+        """
+        if isinstance(path, (list, tuple)):
+            return _load_pair(path, token)
+        files = resolve(Path(path))
+        if len(files) == 2:
+            return _load_pair(files, token)
+        return _load_file(files[0], token)
+
+    def save(self, path: PathLike, format: str = "native") -> list[Path]:
+        """Write in ``format`` (one of FORMATS) atomically; return the paths written."""
+        writer = WRITERS.get(format)
+        if writer is None:
+            raise SoftPromptError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+        self.validate(source=str(path))
+        return writer(self, Path(path))
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    (tensors_a, tokens_a), (tensors_b, tokens_b) = a, b
+    return (
+        tokens_a == tokens_b
+        and len(tensors_a) == len(tensors_b)
+        and all(ka == kb and ta is tb and va == vb for (ka, ta, va), (kb, tb, vb) in zip(tensors_a, tensors_b))
+    )
+
+
+def convert(
+    src: PathLike | Sequence[PathLike],
+    to: str,
+    out: PathLike,
+    *,
+    lora: PathLike | None = None,
+    embedding: str | None = None,
+) -> list[Path]:
+    """Load ``src`` in whatever layout it has and save it as format ``to`` at ``out``.
+
+    ``to="bundle"``: a copy of the LoRA file ``lora`` with the soft prompt added (named ``embedding``, default
+    its own name). A LoRA file as ``src``: ``embedding`` picks one of its bundled embeddings.
+    """
+    if embedding is not None and not isinstance(src, (list, tuple)) and bundle_names(Path(src)):
+        bundled = load_bundle(src)
+        if embedding not in bundled:
+            raise FormatError(f"{src}: no bundled embedding {embedding!r}; it holds {', '.join(bundled)}")
+        soft = bundled[embedding]
+    else:
+        soft = SoftPrompt.load(src)
+    if to == "bundle":
+        if lora is None:
+            raise SoftPromptError("--to bundle needs --lora LORA.safetensors: the LoRA file to add the soft prompt to")
+        return [bundle_into_lora(soft, lora, out, name=embedding)]
+    return soft.save(out, format=to)
+
+
+def bundle_into_lora(soft: SoftPrompt, lora: PathLike, out: PathLike, name: str | None = None) -> Path:
+    """Write a copy of the LoRA file ``lora`` at ``out`` with ``soft`` bundled as ``bundle_emb.<name>.*``
+    (default name: the soft prompt's); the LoRA's tensors and header are copied byte for byte."""
+    soft.validate(soft.origin or "<memory>")
+    return write_bundle(soft, Path(lora), Path(out), name or soft.name)
+
+
+def load_bundle(path: PathLike) -> dict[str, SoftPrompt]:
+    """Every soft prompt bundled in a LoRA file, by name, in file order ({} when it has none).
+
+    Each gets the tokens ``NAME, NAME_1, ..., NAME_{N-1}``, so ``NAME`` in a prompt expands to all N (the
+    pipelines' ``maybe_convert_prompt``), as A1111 and diffusers' multi-vector embeddings are used.
+    """
+    out = {}
+    for name, (decoded, recorded) in read_bundle(Path(path)).items():
+        metadata = {k: v for k, v in recorded.items() if k != "tokens"} | {"name": name}
+        soft = SoftPrompt(decoded.vectors, metadata=metadata, source_format=decoded.source_format)
+        soft.notes = list(decoded.notes)
+        soft.tokens = bundle_tokens(name, soft.num_vectors)
+        soft.origin = f"{path}::{name}"
+        soft.validate(soft.origin)
+        out[name] = soft
+    return out
+
+
+def load_all(path: PathLike | Sequence[PathLike]) -> list[SoftPrompt]:
+    """The soft prompts a path holds: every embedding of a LoRA bundle, else the one `SoftPrompt.load` reads."""
+    if not isinstance(path, (list, tuple)) and Path(path).is_file() and bundle_names(Path(path)):
+        return list(load_bundle(path).values())
+    return [SoftPrompt.load(path)]
+
+
+# Floating dtypes torch can only store, not compute with (isfinite, norm, matmul): widened to float32 on the
+# way in. float4_e2m1fn_x2 is not here: torch cannot even convert it, so validation refuses it.
+_WIDENED = {
+    torch.float8_e4m3fn,
+    torch.float8_e4m3fnuz,
+    torch.float8_e5m2,
+    torch.float8_e5m2fnuz,
+    *([torch.float8_e8m0fnu] if hasattr(torch, "float8_e8m0fnu") else []),
+}
+_USABLE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _as_rows(value: Any) -> Any:
+    # A single vector [d] is one row; other shapes are left for validate() to judge.
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        return value.unsqueeze(0) if value.dim() == 1 else value
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: one check per concern, messages name the file and the fix
+# --------------------------------------------------------------------------------------------
+
+
+def _check_keys(vectors: dict[str, Any], source: str) -> None:
+    if not vectors:
+        raise InvalidVectorsError(f"{source}: holds no vectors; a soft prompt needs at least one [N, width] tensor")
+    for key in vectors:
+        if key != UNASSIGNED and key not in ENCODER_KEYS:
+            raise InvalidVectorsError(
+                f"{source}: unknown encoder key {shorten(repr(key), 40)}; use one of {', '.join(ENCODER_KEYS)}"
+            )
+    if UNASSIGNED in vectors and len(vectors) > 1:
+        raise InvalidVectorsError(
+            f"{source}: {UNASSIGNED!r} (encoder picked later by width) must be the only key; "
+            f"name the encoders of {sorted(vectors)} instead"
+        )
+
+
+def _check_tensor(key: str, tensor: Any, source: str) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise InvalidVectorsError(
+            f"{source}: {key} is a {type(tensor).__name__}, not a tensor; expected [N, width] floats"
+        )
+    if tensor.dim() != 2:
+        raise InvalidVectorsError(
+            f"{source}: {key} has shape {list(tensor.shape)}; expected [N, width] (N vectors of the encoder's width)"
+        )
+    if tensor.dtype not in _USABLE_FLOATS:
+        kind = "a floating dtype torch cannot convert" if tensor.is_floating_point() else "not floating point"
+        raise InvalidVectorsError(
+            f"{source}: {key} is {_dtype_name(tensor.dtype)} ({kind}); "
+            f"re-export the vectors as float32, float16 or bfloat16"
+        )
+    n, width = tensor.shape
+    if n == 0:
+        raise InvalidVectorsError(
+            f"{source}: {key} holds 0 vectors (shape [0, {width}]); a soft prompt needs at least one"
+        )
+    if width == 0:
+        raise InvalidVectorsError(
+            f"{source}: {key} has zero width (shape [{n}, 0]); vectors need the encoder's width, e.g. 768 for clip_l"
+        )
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
+        raise InvalidVectorsError(
+            f"{source}: {key} has {bad} non-finite values (NaN/inf); training diverged: "
+            f"use an earlier checkpoint or a lower learning rate"
+        )
+    zero_rows = (tensor == 0).all(dim=1).nonzero().flatten().tolist()
+    if zero_rows:
+        raise InvalidVectorsError(
+            f"{source}: vector {zero_rows[0] + 1} of {key} is all zeros; it carries nothing: retrain it or drop it"
+        )
+
+
+def _check_counts(vectors: dict[str, torch.Tensor], source: str) -> None:
+    counts = {key: int(tensor.shape[0]) for key, tensor in vectors.items()}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{key} {n}" for key, n in counts.items())
+        raise InvalidVectorsError(
+            f"{source}: encoders disagree on the number of vectors ({listed}); every encoder needs one vector per token"
+        )
+    n = next(iter(counts.values()))
+    if n > MAX_VECTORS:
+        raise InvalidVectorsError(
+            f"{source}: {n} vectors, more than the {MAX_VECTORS} a 77-token CLIP window can hold; "
+            f"keep at most {MAX_VECTORS}"
+        )
+
+
+def _check_tokens(tokens: list[str] | None, n: int, source: str) -> None:
+    tokens = tokens or []
+    if len(tokens) != n:
+        raise InvalidVectorsError(
+            f"{source}: {len(tokens)} tokens for {n} vectors; give one token per vector (or none, for [v1]..[v{n}])"
+        )
+    if any(not isinstance(t, str) or not t.strip() for t in tokens):
+        raise InvalidVectorsError(f"{source}: tokens must be non-empty strings, got {listed(tokens)}")
+    duplicates = sorted({t for t in tokens if tokens.count(t) > 1})
+    if duplicates:
+        raise InvalidVectorsError(f"{source}: tokens repeat {listed(duplicates)}; each token must be unique")
+
+
+# ---- path -> SoftPrompt ------------------------------------------------------------------
+
+
+def _load_file(path: Path, token: str | None) -> SoftPrompt:
+    names = bundle_names(path)
+    if len(names) == 1:
+        return load_bundle(path)[names[0]]
+    if names:
+        raise FormatError(
+            f"{path}: a LoRA file with {len(names)} bundled embeddings ({', '.join(names)}); load them all with "
+            f"load_soft_prompt(pipe, path) / --soft, or pick one: load_bundle(path)[name], convert --embedding NAME"
+        )
+    if looks_like_lora(path):
+        raise FormatError(
+            f"{path}: a LoRA file without bundled embeddings (no bundle_emb.* keys); load its weights with "
+            f"pipe.load_lora_weights, or add a soft prompt: convert SOFT --to bundle --lora {path} --out NEW"
+        )
+    decoded = decode(path, token)
+    return _build(decoded, token, str(path))
+
+
+def _load_pair(paths: Sequence[PathLike], token: str | None) -> SoftPrompt:
+    """A diffusers SDXL pair: first file is CLIP-L, second is OpenCLIP-bigG."""
+    if len(paths) != 2:
+        raise FormatError(
+            f"{list(map(str, paths))}: give one path, or two for a diffusers SDXL pair (clip_l file, then clip_g file)"
+        )
+    first, second = (_single_tensor(decode(_existing(p), token), p) for p in paths)
+    metadata = {**second[1], **first[1]}
+    decoded = Decoded({"clip_l": first[0], "clip_g": second[0]}, metadata, "diffusers-sdxl-pair")
+    return _build(decoded, token, " + ".join(str(p) for p in paths))
+
+
+def _existing(path: PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: no such file; an SDXL pair needs two embedding files")
+    return path
+
+
+def _single_tensor(decoded: Decoded, path: PathLike) -> tuple[torch.Tensor, dict[str, str]]:
+    if len(decoded.vectors) != 1:
+        raise FormatError(
+            f"{path}: holds {listed(sorted(decoded.vectors))}; each file of an SDXL pair holds one tensor"
+        )
+    return next(iter(decoded.vectors.values())), decoded.metadata
+
+
+def _build(decoded: Decoded, token: str | None, source: str) -> SoftPrompt:
+    metadata = dict(decoded.metadata)
+    if token:
+        metadata["name"] = token.strip("<>") or token
+    prompt = SoftPrompt(
+        vectors=decoded.vectors,
+        metadata=metadata,
+        source_format=decoded.source_format,
+        notes=list(decoded.notes),
+    )
+    prompt.tokens = _stored_tokens(metadata, prompt.num_vectors, prompt.notes) or prompt.tokens
+    prompt.origin = source
+    prompt.validate(source=source)
+    return prompt
+
+
+def _stored_tokens(metadata: dict[str, str], n: int, notes: list[str]) -> list[str] | None:
+    """Tokens a native save recorded in the header, if they still fit the vectors."""
+    raw = metadata.pop("tokens", None)
+    if raw is None:
+        return None
+    try:
+        tokens = json.loads(raw)
+    except ValueError:
+        tokens = None
+    if isinstance(tokens, list) and len(tokens) == n and all(isinstance(t, str) for t in tokens):
+        return tokens
+    notes.append(f"ignored the header's tokens {shorten(repr(raw))}: not a JSON list of {n} strings")
+    return None

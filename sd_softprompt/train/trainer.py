@@ -1,0 +1,391 @@
+"""One training loop for both objectives: only the N x width soft vectors learn.
+
+text   (prompt distillation): make "<soft> <context>" act like "<hard prompt> <context>" on the frozen
+                              denoiser (or, with --loss sequence, on the encoders' states alone); no images
+images (textual inversion):   the denoiser's own loss on cached VAE latents of a folder of pictures
+
+The settings live in config.py, checkpoints in checkpoints.py, the objectives and losses in objectives.py, the
+trainable rows in rows.py, one optimizer step and the losses' deferred read-back in steps.py.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, TrainingDiverged, WriteError
+from ..families import Family, detect_family
+from ..files.atomic import together, write_json
+from ..files.softprompt import SoftPrompt
+from ..inject.loader import load_soft_prompt, unload_soft_prompt
+from .checkpoints import checkpoint_path, load_checkpoint, resume_hint, save_checkpoint_or_warn
+from .config import TrainConfig, check_config, read_target
+from .measure import EVAL_CONTEXTS, Probe, distance_report, join, negative_report
+from .objectives import OBJECTIVES, positives_for
+from .rows import initial_vectors, moved_to, trainable_rows, vocab_norm
+from .steps import READ_EVERY, StepLosses, optimizer_step
+
+__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "check_config", "train", "unused_in_loop"]
+
+
+@dataclass
+class TrainResult:
+    soft_prompt: Path  # the written soft prompt file
+    report: Path  # the report JSON beside it
+    metrics: dict  # what the report holds
+    pictures: dict = field(default_factory=dict)  # toy world: the pictures F judged, by prompt (one per seed)
+
+
+def unused_in_loop(cfg: TrainConfig, family: Family) -> list[str]:
+    """Frozen parts the training steps never run: the VAE once latents are cached (or always, in text
+    mode), and the denoiser unless the objective needs it (it comes back for the final measure)."""
+    names = ["vae"]
+    if not OBJECTIVES[cfg.mode].needs_denoiser(cfg):
+        names.append(family.denoiser)
+    return names
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """LR multiplier: linear warm-up, then constant or cosine decay to 0."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ---------------------------------------------------------------- the loop
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+@dataclass
+class _Run:
+    """What the loop works on, set up once."""
+
+    accelerator: object
+    pipe: object
+    family: Family
+    tokens: list[str]
+    init: dict[str, torch.Tensor]  # initial vectors of every encoder
+    vectors: dict[str, torch.nn.Parameter]  # the trained ones, fp32
+    log: object
+
+
+def _setup(cfg: TrainConfig, pipe) -> _Run:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps its mixed-precision setting in a process-wide singleton; reset it (not the process
+    # group) so that train() can be called again in the same process with another precision.
+    AcceleratorState._reset_state()
+    try:
+        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu")
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"--mixed-precision {cfg.mixed_precision}: not available here ({e})") from None
+    log = (lambda m: print(f"sd-softprompt: {m}", flush=True)) if accelerator.is_main_process else (lambda m: None)
+    if pipe is None:
+        from ..models.pipeline import load_pipeline
+
+        dtype = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[
+            cfg.mixed_precision
+        ]  # frozen models in the training dtype
+        pipe = load_pipeline(cfg.model, device=str(accelerator.device), dtype=dtype, progress=False)
+    pipe.set_progress_bar_config(disable=True)
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
+    family = detect_family(pipe)
+    if cfg.role == "negative" or cfg.negative_prompt:
+        try:  # the family's own refusal (Flux takes no negative prompt), before any work
+            family.call_kwargs(pipe, cfg.negative_prompt or cfg.target)
+        except ConfigError as e:
+            if cfg.role != "negative":
+                raise
+            raise ConfigError(f"--role negative: {str(e).split(';')[0]}; leave --role negative out") from None
+    keys = cfg.encoders or list(family.keys)
+    unknown = [k for k in keys if k not in family.keys]
+    if unknown:
+        raise ConfigError(f"--encoders {unknown}: a {family.name} model has {', '.join(family.keys)}")
+    # Initial vectors go in like any soft prompt; the trained encoders then read their rows from params.
+    if cfg.init == "hard" and not cfg.target:
+        log("--init hard without --target: starting from random vectors at the vocabulary's norm")
+    init = initial_vectors(pipe, family, cfg, torch.Generator().manual_seed(cfg.seed))
+    soft = SoftPrompt(vectors=init, tokens=cfg.tokens)
+    tokens = load_soft_prompt(pipe, soft, family=family, allow_shadowing=cfg.allow_shadowing)
+    vectors = {k: torch.nn.Parameter(init[k].to(accelerator.device, torch.float32)) for k in keys}
+    return _Run(accelerator, pipe, family, tokens, init, vectors, log)
+
+
+StepHook = Callable[[int], AbstractContextManager]
+
+
+def train(cfg: TrainConfig, pipe=None, *, around_step: StepHook | None = None) -> TrainResult:
+    """Train a soft prompt; write it (native .safetensors) and a report JSON beside it.
+
+    `pipe`: an already loaded pipeline to train against (its device and dtype are used as they are; it is
+    left as it came); by default `cfg.model` is loaded in the dtype that `cfg.mixed_precision` names.
+    `around_step(step)`: a context manager wrapped around each step's work (loss, backward, optimizer), for
+    instruments such as a profiler or a FLOP counter (scripts/benchmark_train.py); the step's phases are
+    labelled with torch.profiler.record_function.
+    """
+    cfg = read_target(cfg)
+    check_config(cfg)
+    try:
+        run = _setup(cfg, pipe)
+        try:
+            return _finish(cfg, run, _loop(cfg, run, around_step or (lambda step: nullcontext())))
+        finally:
+            unload_soft_prompt(run.pipe, run.tokens, family=run.family)  # also after an error
+    except KeyboardInterrupt:
+        # Ctrl-C: say what survives. The CLI prints "interrupted; <this>" and exits 130.
+        raise KeyboardInterrupt(resume_hint(cfg)) from None
+
+
+@dataclass
+class LoopResult:
+    """What the loop hands to the final measure and report."""
+
+    losses: list[float]  # one per step, this run's and a resumed checkpoint's
+    fixed_batch_loss: dict[str, float]  # "before"/"after": the same batch, a noise-free progress figure
+    setup_s: float  # frozen targets, target pool or VAE latents, once
+    loop_s: float  # the steps alone
+    first_step: int  # 0, or the step a checkpoint resumed at
+    objective: object  # the TextObjective / ImageObjective trained
+
+
+def _loop(cfg: TrainConfig, run: _Run, around_step: StepHook) -> LoopResult:
+    """The training loop."""
+    acc, vectors, soft_text = run.accelerator, run.vectors, "".join(run.tokens)
+    norms = {k: vocab_norm(run.pipe, run.family.encoder(k)) for k in vectors}
+    ckpt = checkpoint_path(cfg.out_path)
+    optimizer = torch.optim.AdamW(vectors.values(), lr=cfg.lr, weight_decay=0.0)
+    start, losses = 0, []
+    if cfg.resume and ckpt.exists():
+        state = load_checkpoint(ckpt, cfg)
+        with torch.no_grad():
+            for k, v in vectors.items():
+                v.copy_(state["vectors"][k])
+        optimizer.load_state_dict(state["optimizer"])
+        start, losses = state["step"], list(state["losses"])
+        run.log(f"resuming from {ckpt} at step {start}")
+    elif cfg.resume:
+        run.log(f"no checkpoint at {ckpt}: starting from step 0")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup, cfg.schedule), last_epoch=start - 1
+    )
+    # Only the optimizer goes through accelerate (fp16 loss scaling): a prepared scheduler would step once
+    # per process, and there is no model to wrap, gradients are averaged by hand below.
+    optimizer = acc.prepare(optimizer)
+
+    with trainable_rows(run.pipe, run.family, run.tokens, vectors), ExitStack() as stack:
+        t0 = time.perf_counter()
+        objective = OBJECTIVES[cfg.mode](run.pipe, run.family, cfg, run.tokens, run.log)
+        stack.enter_context(moved_to(run.pipe, unused_in_loop(cfg, run.family) if cfg.offload else []))
+        fixed = {"before": _fixed_batch_loss(objective, acc)}
+        setup_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        bar = tqdm(
+            range(start, cfg.steps),
+            initial=start,
+            total=cfg.steps,
+            disable=not (acc.is_main_process and cfg.progress),
+            desc="train",
+        )
+        log = StepLosses(losses)
+        for step in bar:
+            with around_step(step):
+                log.add(step, optimizer_step(cfg, step, objective, optimizer, scheduler, vectors, norms, acc))
+            done = step + 1
+            # The last step too: if the soft prompt and report cannot be written, --resume goes straight to them.
+            due = done % cfg.checkpoint_every == 0 or done == cfg.steps if cfg.checkpoint_every else False
+            validate = cfg.validate_every and done % cfg.validate_every == 0
+            if due or validate or done % READ_EVERY == 0 or done == cfg.steps:  # before anything is written
+                bad = log.read()
+                if bad:
+                    kept = f"; the last good checkpoint is {ckpt} (add --resume)" if ckpt.exists() else ""
+                    raise TrainingDiverged(
+                        f"step {bad[0] + 1}: the loss is {bad[1]}; lower --lr or use --mixed-precision no{kept}"
+                    )
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if acc.is_main_process and due:
+                save_checkpoint_or_warn(ckpt, cfg, done, vectors, optimizer, losses, run.log)
+            if acc.is_main_process and validate:
+                try:
+                    _validate(run.pipe, run.family, cfg, soft_text, done)
+                except WriteError as error:  # a picture for the user, not worth stopping the run for
+                    run.log(f"warning: step {done}: {error}; training goes on")
+        bar.close()
+        loop_s = time.perf_counter() - t0
+        fixed["after"] = _fixed_batch_loss(objective, acc)
+    return LoopResult(losses, fixed, setup_s, loop_s, start, objective)
+
+
+def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:
+    """Measure, then write the soft prompt and its report (main process), and drop the checkpoint."""
+    pipe, family, acc, losses = run.pipe, run.family, run.accelerator, done.losses
+    # Encoders left out of --encoders keep their initial vectors: the file then behaves as in training.
+    final = dict(run.init) | {k: v.detach().float().cpu() for k, v in run.vectors.items()}
+    soft = SoftPrompt(vectors=final, tokens=run.tokens)
+    load_soft_prompt(pipe, soft, replace=True, family=family, allow_shadowing=cfg.allow_shadowing)
+    metrics = {
+        "mode": cfg.mode,
+        "family": family.name,
+        "steps": cfg.steps,
+        "losses": losses,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        # the same batch (contexts or images, noise, timesteps) before and after: a noise-free progress figure
+        "fixed_batch_loss": done.fixed_batch_loss,
+        "setup_time_s": done.setup_s,
+        "wall_time_s": done.loop_s,  # the steps alone
+        "steps_per_s": (cfg.steps - done.first_step) / done.loop_s if done.loop_s > 0 else None,
+        "peak_memory_mb": _peak_memory_mb(acc.device),
+        "processes": acc.num_processes,
+        # every process must end with the same vectors (gradients are averaged by hand): 0.0 says they did
+        "process_vector_spread": _spread_between_processes(acc, run.vectors),
+        "vector_norms": {k: v.norm(dim=1).tolist() for k, v in final.items()},
+        "vocab_mean_norm": {k: vocab_norm(pipe, family.encoder(k)) for k in final},
+        "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+    }
+    soft.metadata = {
+        "name": cfg.name or cfg.out_path.stem,
+        "family": family.name,
+        "objective": done.objective.name,
+        "role": cfg.role,
+        "steps": str(cfg.steps),
+        "target": cfg.target or "",
+        "base_model": cfg.model,
+        "trained_encoders": ",".join(run.vectors),
+        "loss": done.objective.metadata_loss,
+        "loss_last": f"{losses[-1]:.6g}",
+    }
+    report = cfg.out_path.with_name(cfg.out_path.stem + ".report.json")
+    pictures: dict = {}
+    if acc.is_main_process:
+        if done.objective.measured:
+            probe = Probe.make(pipe, family, cfg.eval_samples, cfg.probe_size, seed=12345)
+            soft_text, negative = "".join(run.tokens), cfg.role == "negative"
+            contexts = [""] if negative else EVAL_CONTEXTS  # a negative prompt is used alone
+            metrics["distance"] = distance_report(pipe, family, soft_text, cfg.target, cfg.vectors, probe, contexts)
+            for where in ("alone", "composed"):
+                for ratio in ("ratio_to_first_n_words", "ratio_to_empty", "ratio_to_truncated"):
+                    if ratio in metrics["distance"].get(where, {}):
+                        soft.metadata[f"{where}_{ratio}"] = f"{metrics['distance'][where][ratio]:.4g}"
+            if negative:
+                metrics["guided"] = negative_report(
+                    pipe, family, soft_text, cfg.target, cfg.vectors, cfg.probe_size, positives=positives_for(pipe).eval
+                )
+                soft.metadata["guided_ratio_to_empty"] = f"{metrics['guided']['soft_ratio_to_empty']:.4g}"
+        if cfg.mode == "text" and cfg.target:
+            pictures = _toyworld_fidelity(pipe, "".join(run.tokens), cfg, metrics, soft.metadata, run.log)
+        try:
+            with together():  # the soft prompt and its report: both or neither
+                soft.save(cfg.out_path)
+                write_json(report, metrics)
+        except WriteError as error:
+            raise WriteError(f"{error}; {resume_hint(cfg)}") from None
+        checkpoint_path(cfg.out_path).unlink(missing_ok=True)  # the finished file supersedes the checkpoint
+    acc.wait_for_everyone()
+    return TrainResult(cfg.out_path, report, metrics, pictures)
+
+
+def _spread_between_processes(acc, vectors: dict[str, torch.nn.Parameter]) -> float:
+    """The largest difference between any process's trained vectors and the main process's."""
+    flat = torch.cat([v.detach().float().flatten() for v in vectors.values()]).unsqueeze(0)
+    every = acc.gather(flat)  # [processes, numbers]; one process: itself
+    return (every - every[:1]).abs().max().item()
+
+
+def _toyworld_fidelity(pipe, soft_text: str, cfg: TrainConfig, metrics: dict, metadata: dict, log) -> dict:
+    """On the toy world, fidelity in pictures. A prompt: F of the soft prompt and its baselines, alone and
+    composed (``fidelity``; returns the pictures judged, by prompt, so a caller may show them without drawing
+    them again). A negative (--role negative): avoidance and F of held-out positives drawn with it and its
+    baselines (``negative_fidelity``), printed too."""
+    from ..models.toyworld.model import is_toyworld
+
+    pictures: dict = {}
+    if not is_toyworld(pipe):
+        return pictures
+    from ..models.toyworld import fidelity as fid
+
+    if cfg.role == "negative":
+        table = fid.negative_table(pipe, soft_text, cfg.target, cfg.vectors, positives=positives_for(pipe).eval)
+        metrics["negative_fidelity"] = table
+        for name, row in table.items():
+            for column, key in (("avoidance", f"avoidance_{name}"), ("F", f"F_{name}_positive")):
+                if row[column] is not None:
+                    metadata[key] = f"{row[column]:.4g}"
+        log(
+            "the negative in pictures (held-out positives; avoidance of its attributes, F of theirs):\n"
+            + fid.format_negative_table(table)
+        )
+        return pictures
+    metrics["fidelity"] = fid.fidelity_table(pipe, soft_text, cfg.target, cfg.vectors, pictures=pictures)
+    for name, row in metrics["fidelity"].items():
+        for where, value in row.items():
+            metadata[f"F_{name}_{where}"] = f"{value:.4g}"
+    return pictures
+
+
+def _fixed_batch_loss(objective, accelerator) -> float:
+    with torch.no_grad(), accelerator.autocast():
+        return objective.loss(torch.Generator().manual_seed(777)).item()
+
+
+def _validate(pipe, family: Family, cfg: TrainConfig, soft_text: str, step: int) -> None:
+    """A small grid of the validation prompts at fixed seeds, next to the checkpoints.
+
+    A negative soft prompt is shown as what it is for: the first validation prompt (default: a held-out
+    positive) drawn with the soft negative, the hard negative and none."""
+    from ..render.generate import run_grid
+
+    prompts = [p.replace("{}", soft_text) for p in cfg.validation_prompts]
+    negative = cfg.negative_prompt.replace("{}", soft_text) if cfg.negative_prompt else None
+    labels = None
+    if cfg.role == "negative":
+        positive = prompts[0] if prompts else positives_for(pipe).eval[0]
+        prompts, negative = [positive] * 3, [soft_text, cfg.target, None]
+        labels = [
+            f"{positive} | negative: {soft_text}",
+            f"{positive} | negative: the hard one",
+            f"{positive} | no negative",
+        ]
+    elif not prompts:
+        prompts = (
+            [join(soft_text, "mountain view"), join(cfg.target, "mountain view")]
+            if cfg.mode == "text"
+            else [f"a photo of {soft_text}"]
+        )
+    folder = cfg.out_path.with_name(cfg.out_path.stem + ".validation")  # atomic_write makes it
+    # text mode has no training pictures: draw at the size it measures at (--probe-size), if one is set
+    size = cfg.probe_size if cfg.mode == "text" and cfg.probe_size else min(cfg.resolution, 512)
+    device = pipe.text_encoder.device  # parked parts come back for the grid
+    with moved_to(pipe, ["vae", family.denoiser], device):
+        run_grid(
+            pipe,
+            prompts,
+            cfg.validation_seeds,
+            steps=20,
+            guidance=5.0,
+            height=size,
+            width=size,
+            model_name=cfg.model,
+            out=folder / f"step_{step:06d}.png",
+            negative_prompt=negative,
+            progress=False,
+            family=family,
+            labels=labels,
+        )
