@@ -1,0 +1,80 @@
+"""What every family file fills in: its text encoders (`Encoder`), its `Family` row, and the helpers that read
+a pipeline through a row (window fit, prediction type). Nothing here names a family."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+Cond = dict[str, torch.Tensor]  # "states": [B, L, D] token states; "pooled": [B, P] when the family has one
+
+
+@dataclass(frozen=True)
+class Encoder:
+    key: str  # tensor key in the soft prompt file (ComfyUI / A1111 convention)
+    tokenizer: str  # pipeline attribute names
+    text_encoder: str
+    width: int  # its input width on the real checkpoints (a file's bare tensor is matched to a key by it)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    title: str
+    encoders: tuple[Encoder, ...]
+    encode: Callable[[Any, list[str]], Cond]  # (pipe, prompts) -> conditioning, differentiable
+    predict: Callable[[Any, torch.Tensor, torch.Tensor, Cond], torch.Tensor]  # (pipe, x_t, t, cond) -> output
+    latent_shape: Callable[[Any, int, int], tuple[int, ...]]  # (pipe, height, width) -> one sample's latent
+    objective: str  # "scheduler" (epsilon / v_prediction, read from its config) or "flow"
+    denoiser: str  # pipeline attribute of the denoiser: "unet" or "transformer"
+    latent_patch: int  # latent pixels per denoiser token side (Flux packs 2x2): sizes step by VAE factor x this
+    native_size: Callable[[Any], int]  # (pipe) -> the model's default image size in pixels
+    guidance: float  # the pipeline's usual guidance scale (Flux dev: distilled guidance)
+    call_kwargs: Callable[[Any, str | None], dict]  # (pipe, negative prompt) -> extra pipeline-call arguments
+    pipelines: tuple[str, ...]  # diffusers pipeline classes of this family
+    # Tokenizers whose tokens make up the conditioning's sequence ("states"), in order; each but the last
+    # fills its model_max_length positions. Sets where a soft prompt's states line up with a hard prompt's.
+    state_tokenizers: tuple[str, ...]
+    # (pipe, prompts) -> conditioning of prompts longer than the window, as A1111 / ComfyUI encode them
+    # (CLIP: 75-token chunks, states concatenated); the same as `encode` for prompts that fit
+    encode_long: Callable[[Any, list[str]], Cond]
+    # (pipe, batch) -> what the pipeline's guidance uses when no negative prompt is given (None: no guidance)
+    no_negative: Callable[[Any, int], Cond | None]
+    matches: Callable[[Any], bool] = lambda pipe: True  # tells apart families that share pipeline classes
+    prefers_bf16: bool = False  # half precision on a GPU: bf16 where it has it (fp16 overflows, black images)
+    formats: tuple[str, ...] | None = None  # file formats whose tools read its soft prompts; None: every one
+
+    def encoder(self, key: str) -> Encoder:
+        return next(e for e in self.encoders if e.key == key)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(e.key for e in self.encoders)
+
+
+def prompt_tokens(pipe, family: Family, prompt: str) -> tuple[int, int]:
+    """(the prompt's tokens, the tokens one window holds) for the encoders that set the denoiser's states
+    (CLIP: 75 of 77 positions; Flux: T5; SD3: CLIP's window, then T5's): the first window it overflows."""
+    for name in family.state_tokenizers:
+        tokenizer = getattr(pipe, name)
+        specials = len(tokenizer("").input_ids)  # start/end-of-text the tokenizer adds
+        n, window = len(tokenizer(prompt, add_special_tokens=False).input_ids), tokenizer.model_max_length - specials
+        if n > window:
+            break
+    return n, window
+
+
+def fits_window(pipe, family: Family, prompt: str) -> bool:
+    """Whether the pipeline's own encoding takes the whole prompt (else it cuts it to the window)."""
+    n, window = prompt_tokens(pipe, family, prompt)
+    return n <= window
+
+
+def prediction_type(pipe, family: Family) -> str:
+    """What the denoiser predicts: 'epsilon', 'v_prediction' (from the scheduler config) or 'flow'."""
+    if family.objective == "flow":
+        return "flow"
+    return pipe.scheduler.config.get("prediction_type", "epsilon")
