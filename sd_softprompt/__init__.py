@@ -38,7 +38,7 @@ _LAZY = {
     "LoadedSoftPrompt": "inject.loader",
     "unload_soft_prompt": "inject.loader",
     "load_bundle": "files.softprompt",
-    "bundle_into_lora": "files.softprompt",
+    "bundle_into_lora": "files.convert",
     "lora_weights": "files.bundles",
     "mix": "files.mixing",
     "concat": "files.mixing",

@@ -15,7 +15,8 @@ from sd_softprompt import cli
 from sd_softprompt.errors import FormatError, TokenCollisionError
 from sd_softprompt.families import detect_family
 from sd_softprompt.files.bundles import lora_weights
-from sd_softprompt.files.softprompt import SoftPrompt, bundle_into_lora, load_bundle
+from sd_softprompt.files.convert import bundle_into_lora
+from sd_softprompt.files.softprompt import SoftPrompt, load_bundle
 from sd_softprompt.inject.loader import load_soft_prompt, loaded_soft_prompts, unload_soft_prompt
 from sd_softprompt.models import tiny
 

@@ -17,16 +17,9 @@ from safetensors.torch import save_file
 
 from sd_softprompt.errors import FormatError, InvalidVectorsError, SoftPromptError, UnsafeFileError, WriteError
 from sd_softprompt.files import safe_read, writers
-from sd_softprompt.files.softprompt import (
-    ENCODER_KEYS,
-    FORMAT_VERSION,
-    FORMATS,
-    MAX_VECTORS,
-    UNASSIGNED,
-    SoftPrompt,
-    convert,
-    default_tokens,
-)
+from sd_softprompt.files.convert import convert
+from sd_softprompt.files.keys import ENCODER_KEYS, FORMAT_VERSION, FORMATS, MAX_VECTORS, UNASSIGNED, default_tokens
+from sd_softprompt.files.softprompt import SoftPrompt
 
 FAMILY_KEYS = {
     "sd1": {"clip_l": 768},

@@ -6,7 +6,8 @@ from diffusers.loaders.textual_inversion import TextualInversionLoaderMixin
 from safetensors.torch import load_file
 
 from sd_softprompt.families import FAMILIES
-from sd_softprompt.files.softprompt import SoftPrompt, convert
+from sd_softprompt.files.convert import convert
+from sd_softprompt.files.softprompt import SoftPrompt
 from sd_softprompt.inject.loader import load_soft_prompt
 from sd_softprompt.models import tiny
 

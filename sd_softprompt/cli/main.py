@@ -192,7 +192,7 @@ def _mix(args) -> int:
 
 
 def _inspect(args) -> int:
-    from ..files.softprompt import load_all
+    from ..files.convert import load_all
     from ..inject.inspection import format_inspection, inspect_file
 
     softs = load_all(args.file)  # read once (every embedding of a LoRA bundle); a bad file fails before the model
@@ -218,7 +218,7 @@ def _demo(args) -> int:
 
 
 def _convert(args) -> int:
-    from ..files.softprompt import convert
+    from ..files.convert import convert
 
     source = args.files[0] if len(args.files) == 1 else args.files
     if args.lora and args.to != "bundle":
@@ -272,7 +272,7 @@ def _pipeline_with_soft(args):
     """Read every --soft file (once), load the model, then load the soft prompts into it.
     Returns the pipeline, its family (detected once, for the rest of the command) and the files."""
     from ..families import detect_family
-    from ..files.softprompt import load_all
+    from ..files.convert import load_all
     from ..inject.loader import load_soft_prompts
 
     specs = [_parse_soft(spec) for spec in args.soft]

@@ -199,7 +199,7 @@ def _add_demo(commands) -> None:
 
 
 def _add_convert(commands) -> None:
-    from ..files.softprompt import FORMATS
+    from ..files.keys import FORMATS
 
     p = _command(
         commands,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
@@ -27,11 +26,9 @@ from safetensors.torch import save as safetensors_bytes
 
 from ..errors import FormatError, SoftPromptError
 from .atomic import atomic_write, bytes_writer
+from .keys import Storable
 from .readers import Decoded, decode_content
 from .safe_read import first_line, sniff
-
-if TYPE_CHECKING:
-    from .softprompt import SoftPrompt
 
 PREFIX = "bundle_emb."
 HEADER_PREFIX = "sd_softprompt.bundle_emb."  # + NAME: JSON of the soft prompt's metadata and tokens
@@ -107,7 +104,7 @@ def bundle_tokens(name: str, n: int) -> list[str]:
     return [name] + [f"{name}_{i}" for i in range(1, n)]
 
 
-def write_bundle(prompt: SoftPrompt, lora: Path, out: Path, name: str) -> Path:
+def write_bundle(prompt: Storable, lora: Path, out: Path, name: str) -> Path:
     """A copy of the LoRA file at ``out`` with ``prompt`` added as ``bundle_emb.<name>.*``; atomic."""
     lora, out = Path(lora), Path(out)
     if not lora.is_file():

@@ -6,8 +6,12 @@ Kept apart from the readers and writers so that both, and the in-memory type, sh
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Protocol
 
 from ..families import FAMILIES
+
+if TYPE_CHECKING:
+    import torch
 
 # Built from the family table: a new family's encoders and key set are known here without an edit.
 ENCODER_KEYS = tuple(dict.fromkeys(e.key for f in FAMILIES.values() for e in f.encoders))
@@ -40,3 +44,18 @@ PathLike = str | os.PathLike
 def default_tokens(n: int) -> list[str]:
     """Placeholder tokens ``[v1] .. [vN]``."""
     return [f"[v{i}]" for i in range(1, n + 1)]
+
+
+class Storable(Protocol):
+    """What the writers read of a soft prompt; files/softprompt.py's SoftPrompt is one. A protocol, so that the
+    writers (below the type) never import it."""
+
+    vectors: dict[str, torch.Tensor]
+    tokens: list[str] | None
+    metadata: dict[str, str]
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def family(self) -> str | None: ...

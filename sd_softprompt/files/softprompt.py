@@ -1,7 +1,9 @@
-"""Soft-prompt files: the one in-memory type, its validation, and the public load / save / convert.
+"""The one in-memory type of a soft prompt, and reading one from a path (any layout, a pair, a LoRA bundle) and
+writing it in a format.
 
 Reading is by content, never by file extension (safe_read.py: the container; readers.py: which tool's layout);
-writing goes through one writer table keyed by format and then by layout (writers.py).
+writing goes through one writer table keyed by format and then by layout (writers.py); the checks are in
+validation.py; conversion and bundling into a LoRA in convert.py.
 """
 
 from __future__ import annotations
@@ -14,36 +16,14 @@ from typing import Any
 
 import torch
 
-from ..errors import FormatError, InvalidVectorsError, SoftPromptError, listed, shorten
-from .bundles import bundle_names, bundle_tokens, looks_like_lora, read_bundle, write_bundle
-from .keys import (
-    ENCODER_KEYS,
-    FAMILY_BY_KEYS,
-    FORMAT_VERSION,
-    FORMATS,
-    MAX_VECTORS,
-    REAL_WIDTHS,
-    UNASSIGNED,
-    PathLike,
-    default_tokens,
-)
+from ..errors import FormatError, SoftPromptError, listed, shorten
+from .bundles import bundle_names, bundle_tokens, looks_like_lora, read_bundle
+from .keys import FAMILY_BY_KEYS, FORMATS, PathLike, default_tokens
 from .readers import Decoded, decode, resolve
+from .validation import WIDENED, check_counts, check_keys, check_tensor, check_tokens, dtype_name
 from .writers import WRITERS
 
-__all__ = [
-    "ENCODER_KEYS",
-    "REAL_WIDTHS",
-    "UNASSIGNED",
-    "FORMATS",
-    "FORMAT_VERSION",
-    "MAX_VECTORS",
-    "default_tokens",
-    "SoftPrompt",
-    "convert",
-    "load_bundle",
-    "load_all",
-    "bundle_into_lora",
-]
+__all__ = ["SoftPrompt", "load_bundle"]
 
 
 @dataclass
@@ -63,9 +43,9 @@ class SoftPrompt:
     def __post_init__(self) -> None:
         self.vectors = {key: _as_rows(value) for key, value in self.vectors.items()}
         for key, value in self.vectors.items():
-            if isinstance(value, torch.Tensor) and value.dtype in _WIDENED:
+            if isinstance(value, torch.Tensor) and value.dtype in WIDENED:
                 self.vectors[key] = value.float()
-                self.notes.append(f"{key}: {_dtype_name(value.dtype)} vectors widened to float32")
+                self.notes.append(f"{key}: {dtype_name(value.dtype)} vectors widened to float32")
         self.tokens = default_tokens(self.num_vectors) if self.tokens is None else list(self.tokens)
 
     @property
@@ -90,11 +70,11 @@ class SoftPrompt:
         signature = self._signature()
         if self._checked is not None and _same(signature, self._checked):
             return
-        _check_keys(self.vectors, source)
+        check_keys(self.vectors, source)
         for key, tensor in self.vectors.items():
-            _check_tensor(key, tensor, source)
-        _check_counts(self.vectors, source)
-        _check_tokens(self.tokens, self.num_vectors, source)
+            check_tensor(key, tensor, source)
+        check_counts(self.vectors, source)
+        check_tokens(self.tokens, self.num_vectors, source)
         self._checked = signature
 
     def _signature(self) -> tuple:
@@ -134,40 +114,6 @@ def _same(a: tuple, b: tuple) -> bool:
     )
 
 
-def convert(
-    src: PathLike | Sequence[PathLike],
-    to: str,
-    out: PathLike,
-    *,
-    lora: PathLike | None = None,
-    embedding: str | None = None,
-) -> list[Path]:
-    """Load ``src`` in whatever layout it has and save it as format ``to`` at ``out``.
-
-    ``to="bundle"``: a copy of the LoRA file ``lora`` with the soft prompt added (named ``embedding``, default
-    its own name). A LoRA file as ``src``: ``embedding`` picks one of its bundled embeddings.
-    """
-    if embedding is not None and not isinstance(src, (list, tuple)) and bundle_names(Path(src)):
-        bundled = load_bundle(src)
-        if embedding not in bundled:
-            raise FormatError(f"{src}: no bundled embedding {embedding!r}; it holds {', '.join(bundled)}")
-        soft = bundled[embedding]
-    else:
-        soft = SoftPrompt.load(src)
-    if to == "bundle":
-        if lora is None:
-            raise SoftPromptError("--to bundle needs --lora LORA.safetensors: the LoRA file to add the soft prompt to")
-        return [bundle_into_lora(soft, lora, out, name=embedding)]
-    return soft.save(out, format=to)
-
-
-def bundle_into_lora(soft: SoftPrompt, lora: PathLike, out: PathLike, name: str | None = None) -> Path:
-    """Write a copy of the LoRA file ``lora`` at ``out`` with ``soft`` bundled as ``bundle_emb.<name>.*``
-    (default name: the soft prompt's); the LoRA's tensors and header are copied byte for byte."""
-    soft.validate(soft.origin or "<memory>")
-    return write_bundle(soft, Path(lora), Path(out), name or soft.name)
-
-
 def load_bundle(path: PathLike) -> dict[str, SoftPrompt]:
     """Every soft prompt bundled in a LoRA file, by name, in file order ({} when it has none).
 
@@ -186,120 +132,12 @@ def load_bundle(path: PathLike) -> dict[str, SoftPrompt]:
     return out
 
 
-def load_all(path: PathLike | Sequence[PathLike]) -> list[SoftPrompt]:
-    """The soft prompts a path holds: every embedding of a LoRA bundle, else the one `SoftPrompt.load` reads."""
-    if not isinstance(path, (list, tuple)) and Path(path).is_file() and bundle_names(Path(path)):
-        return list(load_bundle(path).values())
-    return [SoftPrompt.load(path)]
-
-
-# Floating dtypes torch can only store, not compute with (isfinite, norm, matmul): widened to float32 on the
-# way in. float4_e2m1fn_x2 is not here: torch cannot even convert it, so validation refuses it.
-_WIDENED = {
-    torch.float8_e4m3fn,
-    torch.float8_e4m3fnuz,
-    torch.float8_e5m2,
-    torch.float8_e5m2fnuz,
-    *([torch.float8_e8m0fnu] if hasattr(torch, "float8_e8m0fnu") else []),
-}
-_USABLE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
 def _as_rows(value: Any) -> Any:
     # A single vector [d] is one row; other shapes are left for validate() to judge.
     if isinstance(value, torch.Tensor):
         value = value.detach()
         return value.unsqueeze(0) if value.dim() == 1 else value
     return value
-
-
-# --------------------------------------------------------------------------------------------
-# Validation: one check per concern, messages name the file and the fix
-# --------------------------------------------------------------------------------------------
-
-
-def _check_keys(vectors: dict[str, Any], source: str) -> None:
-    if not vectors:
-        raise InvalidVectorsError(f"{source}: holds no vectors; a soft prompt needs at least one [N, width] tensor")
-    for key in vectors:
-        if key != UNASSIGNED and key not in ENCODER_KEYS:
-            raise InvalidVectorsError(
-                f"{source}: unknown encoder key {shorten(repr(key), 40)}; use one of {', '.join(ENCODER_KEYS)}"
-            )
-    if UNASSIGNED in vectors and len(vectors) > 1:
-        raise InvalidVectorsError(
-            f"{source}: {UNASSIGNED!r} (encoder picked later by width) must be the only key; "
-            f"name the encoders of {sorted(vectors)} instead"
-        )
-
-
-def _check_tensor(key: str, tensor: Any, source: str) -> None:
-    if not isinstance(tensor, torch.Tensor):
-        raise InvalidVectorsError(
-            f"{source}: {key} is a {type(tensor).__name__}, not a tensor; expected [N, width] floats"
-        )
-    if tensor.dim() != 2:
-        raise InvalidVectorsError(
-            f"{source}: {key} has shape {list(tensor.shape)}; expected [N, width] (N vectors of the encoder's width)"
-        )
-    if tensor.dtype not in _USABLE_FLOATS:
-        kind = "a floating dtype torch cannot convert" if tensor.is_floating_point() else "not floating point"
-        raise InvalidVectorsError(
-            f"{source}: {key} is {_dtype_name(tensor.dtype)} ({kind}); "
-            f"re-export the vectors as float32, float16 or bfloat16"
-        )
-    n, width = tensor.shape
-    if n == 0:
-        raise InvalidVectorsError(
-            f"{source}: {key} holds 0 vectors (shape [0, {width}]); a soft prompt needs at least one"
-        )
-    if width == 0:
-        raise InvalidVectorsError(
-            f"{source}: {key} has zero width (shape [{n}, 0]); vectors need the encoder's width, e.g. 768 for clip_l"
-        )
-    bad = int((~torch.isfinite(tensor)).sum())
-    if bad:
-        raise InvalidVectorsError(
-            f"{source}: {key} has {bad} non-finite values (NaN/inf); training diverged: "
-            f"use an earlier checkpoint or a lower learning rate"
-        )
-    zero_rows = (tensor == 0).all(dim=1).nonzero().flatten().tolist()
-    if zero_rows:
-        raise InvalidVectorsError(
-            f"{source}: vector {zero_rows[0] + 1} of {key} is all zeros; it carries nothing: retrain it or drop it"
-        )
-
-
-def _check_counts(vectors: dict[str, torch.Tensor], source: str) -> None:
-    counts = {key: int(tensor.shape[0]) for key, tensor in vectors.items()}
-    if len(set(counts.values())) > 1:
-        listed = ", ".join(f"{key} {n}" for key, n in counts.items())
-        raise InvalidVectorsError(
-            f"{source}: encoders disagree on the number of vectors ({listed}); every encoder needs one vector per token"
-        )
-    n = next(iter(counts.values()))
-    if n > MAX_VECTORS:
-        raise InvalidVectorsError(
-            f"{source}: {n} vectors, more than the {MAX_VECTORS} a 77-token CLIP window can hold; "
-            f"keep at most {MAX_VECTORS}"
-        )
-
-
-def _check_tokens(tokens: list[str] | None, n: int, source: str) -> None:
-    tokens = tokens or []
-    if len(tokens) != n:
-        raise InvalidVectorsError(
-            f"{source}: {len(tokens)} tokens for {n} vectors; give one token per vector (or none, for [v1]..[v{n}])"
-        )
-    if any(not isinstance(t, str) or not t.strip() for t in tokens):
-        raise InvalidVectorsError(f"{source}: tokens must be non-empty strings, got {listed(tokens)}")
-    duplicates = sorted({t for t in tokens if tokens.count(t) > 1})
-    if duplicates:
-        raise InvalidVectorsError(f"{source}: tokens repeat {listed(duplicates)}; each token must be unique")
 
 
 # ---- path -> SoftPrompt ------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -16,16 +15,12 @@ from safetensors.torch import save as safetensors_bytes
 from ..errors import SoftPromptError
 from ..families import FAMILIES, Family
 from .atomic import atomic_write, bytes_writer, torch_bytes
-from .keys import DIFFUSERS_FILE, ENCODER_KEYS, FORMAT_VERSION, FORMATS, UNASSIGNED
+from .keys import DIFFUSERS_FILE, ENCODER_KEYS, FORMAT_VERSION, FORMATS, UNASSIGNED, Storable
 
-if TYPE_CHECKING:
-    from .softprompt import SoftPrompt
-
-
-_Writer = Callable[["SoftPrompt", Path], list[Path]]
+_Writer = Callable[["Storable", Path], list[Path]]
 
 
-def _families(prompt: SoftPrompt) -> list[Family]:
+def _families(prompt: Storable) -> list[Family]:
     """The families this soft prompt can be for: its own (metadata, or keys that are exactly one family's),
     else every family that has all its encoders (a t5xxl-only file: Flux and SD3)."""
     keys = set(prompt.vectors)
@@ -44,7 +39,7 @@ def _families(prompt: SoftPrompt) -> list[Family]:
     return [family]
 
 
-def _layout(prompt: SoftPrompt, format_name: str) -> str:
+def _layout(prompt: Storable, format_name: str) -> str:
     """'single' (one encoder's tensor, the encoder unnamed) or 'multi' (tensors keyed by encoder); refuses a
     format whose tools do not read this soft prompt's family, naming those that do."""
     if UNASSIGNED in prompt.vectors:
@@ -63,7 +58,7 @@ def _layout(prompt: SoftPrompt, format_name: str) -> str:
     return "multi" if any(len(f.encoders) > 1 for f in families) else "single"
 
 
-def _header(prompt: SoftPrompt, format_tag: str) -> dict[str, str]:
+def _header(prompt: Storable, format_tag: str) -> dict[str, str]:
     """safetensors header: the user's metadata plus what a reload needs (name, tokens)."""
     header = {str(key): str(value) for key, value in prompt.metadata.items()}
     header.update(format=format_tag, name=prompt.name, tokens=json.dumps(prompt.tokens))
@@ -82,7 +77,7 @@ def _safe_stem(name: str) -> str:
     return stem or "softprompt"
 
 
-def _file_target(path: Path, prompt: SoftPrompt, suffix: str) -> Path:
+def _file_target(path: Path, prompt: Storable, suffix: str) -> Path:
     """An existing folder gets ``<name><suffix>`` inside it; a bare name gets the suffix."""
     if path.is_dir():
         return path / f"{_safe_stem(prompt.name)}{suffix}"
@@ -95,14 +90,14 @@ def _safetensors_job(target: Path, tensors: dict[str, torch.Tensor], header: dic
     return target, bytes_writer(safetensors_bytes(tensors, metadata=header))
 
 
-def _only(prompt: SoftPrompt) -> torch.Tensor:
+def _only(prompt: Storable) -> torch.Tensor:
     return next(iter(prompt.vectors.values()))
 
 
 # ---- one writer per format (and layout) -----------------------------------------------------
 
 
-def _write_native(prompt: SoftPrompt, path: Path) -> list[Path]:
+def _write_native(prompt: Storable, path: Path) -> list[Path]:
     if UNASSIGNED in prompt.vectors:
         raise SoftPromptError(
             f"{path}: the encoder of these vectors is not known yet ({UNASSIGNED!r}); load it into a "
@@ -120,16 +115,16 @@ def _diffusers_target(path: Path, second: bool = False) -> Path:
     return path.with_name(f"{path.stem}{suffix}{path.suffix}")
 
 
-def _diffusers_token(prompt: SoftPrompt) -> str:
+def _diffusers_token(prompt: Storable) -> str:
     return f"<{prompt.name}>"
 
 
-def _write_diffusers_single(prompt: SoftPrompt, path: Path) -> list[Path]:
+def _write_diffusers_single(prompt: Storable, path: Path) -> list[Path]:
     tensors = {_diffusers_token(prompt): _only(prompt)}
     return atomic_write([_safetensors_job(_diffusers_target(path), tensors, _header(prompt, "pt"))])
 
 
-def _write_diffusers_pair(prompt: SoftPrompt, path: Path) -> list[Path]:
+def _write_diffusers_pair(prompt: Storable, path: Path) -> list[Path]:
     # diffusers' SDXL script: one file per text encoder, same token in both.
     token, header = _diffusers_token(prompt), _header(prompt, "pt")
     return atomic_write(
@@ -140,10 +135,10 @@ def _write_diffusers_pair(prompt: SoftPrompt, path: Path) -> list[Path]:
     )
 
 
-def _keyed_writer(file_keys: dict[str, str], target: Callable[[Path, SoftPrompt], Path]) -> _Writer:
+def _keyed_writer(file_keys: dict[str, str], target: Callable[[Path, Storable], Path]) -> _Writer:
     """Writer for one safetensors file whose keys are the encoders, renamed by ``file_keys``."""
 
-    def write(prompt: SoftPrompt, path: Path) -> list[Path]:
+    def write(prompt: Storable, path: Path) -> list[Path]:
         tensors = {file_keys.get(key, key): tensor for key, tensor in prompt.vectors.items()}
         return atomic_write([_safetensors_job(target(path, prompt), tensors, _header(prompt, "pt"))])
 
@@ -153,14 +148,14 @@ def _keyed_writer(file_keys: dict[str, str], target: Callable[[Path, SoftPrompt]
 def _single_key_writer(file_key: str) -> _Writer:
     """Writer for a one-tensor safetensors layout under a fixed key (kohya, OneTrainer SD1/2)."""
 
-    def write(prompt: SoftPrompt, path: Path) -> list[Path]:
+    def write(prompt: Storable, path: Path) -> list[Path]:
         target = _file_target(path, prompt, ".safetensors")
         return atomic_write([_safetensors_job(target, {file_key: _only(prompt)}, _header(prompt, "pt"))])
 
     return write
 
 
-def _write_a1111_pt(prompt: SoftPrompt, path: Path) -> list[Path]:
+def _write_a1111_pt(prompt: Storable, path: Path) -> list[Path]:
     # Only dicts, tensors, str, int and None: readable with torch.load(weights_only=True).
     data = {
         "string_to_token": {"*": 265},
@@ -181,11 +176,11 @@ def _int_or_zero(value: str | None) -> int:
         return 0
 
 
-def _in_file(path: Path, prompt: SoftPrompt) -> Path:
+def _in_file(path: Path, prompt: Storable) -> Path:
     return _file_target(path, prompt, ".safetensors")
 
 
-def _in_diffusers_file(path: Path, prompt: SoftPrompt) -> Path:
+def _in_diffusers_file(path: Path, prompt: Storable) -> Path:
     return _diffusers_target(path)
 
 
@@ -193,7 +188,7 @@ _SAME_KEYS: dict[str, str] = {}
 _T5_AS_T5 = {"t5xxl": "t5"}  # diffusers' Flux script and OneTrainer call the T5 vectors "t5"
 
 
-def _write_diffusers_multi(prompt: SoftPrompt, path: Path) -> list[Path]:
+def _write_diffusers_multi(prompt: Storable, path: Path) -> list[Path]:
     # diffusers' SDXL script writes one file per CLIP encoder; its Flux script one keyed file, T5 as "t5".
     if set(prompt.vectors) == {"clip_l", "clip_g"}:
         return _write_diffusers_pair(prompt, path)
@@ -216,7 +211,7 @@ def _by_layout(format_name: str) -> _Writer:
     """Dispatch to the format's writer for this soft prompt's layout (or a refusal naming who can hold it)."""
     table = _LAYOUT_WRITERS[format_name]
 
-    def write(prompt: SoftPrompt, path: Path) -> list[Path]:
+    def write(prompt: Storable, path: Path) -> list[Path]:
         return table[_layout(prompt, format_name)](prompt, path)
 
     return write

@@ -15,7 +15,8 @@ import torch
 
 from ..errors import ConfigError
 from ..families import Encoder, Family, detect_family
-from ..files.softprompt import UNASSIGNED, SoftPrompt
+from ..files.keys import UNASSIGNED
+from ..files.softprompt import SoftPrompt
 from .loader import assign_encoders, loaded_tokens
 
 _CHUNK = 8192  # vocabulary rows per matmul, so a 32k x 4096 T5 table is never copied whole to fp32

@@ -17,7 +17,9 @@ import torch
 
 from ..errors import ConfigError, TokenCollisionError, WidthMismatchError, listed
 from ..families import Encoder, Family, detect_family
-from ..files.softprompt import UNASSIGNED, SoftPrompt, load_all
+from ..files.convert import load_all
+from ..files.keys import UNASSIGNED
+from ..files.softprompt import SoftPrompt
 from .token_checks import check_fits_dtype, check_shadowing, check_token_names, present_tokens, shadowed_word
 from .vocab import add_rows, encoder_states, encoder_width, loaded_tokens, restore_encoder, token_ids
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import ConfigError, listed
-from ..files.softprompt import MAX_VECTORS
+from ..files.keys import MAX_VECTORS
 from ..inject.loader import check_token_names
 from .data import scan_images
 from .objectives import OBJECTIVES, get_loss
