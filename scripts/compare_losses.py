@@ -22,7 +22,7 @@ import torch
 
 from sd_softprompt.models import tiny
 from sd_softprompt.train import TrainConfig, train
-from sd_softprompt.train.objectives import LOSSES
+from sd_softprompt.train.losses import LOSSES
 
 HARD = "image of serene landscape at sunrise with trees mountains and lake"
 

@@ -301,8 +301,18 @@ def test_train_maps_every_flag_to_the_config(monkeypatch, tmp_path, capsys):
     assert seen["config"] == TrainConfig(model="m", out="o.safetensors")  # untouched flags keep the defaults
 
 
-def test_every_train_config_field_has_a_flag():
-    assert set(cli_parser.TRAIN_FLAGS) == {f.name for f in dataclasses.fields(TrainConfig)}
+def test_every_train_config_field_has_a_flag_and_its_help_from_the_config():
+    fields = dataclasses.fields(TrainConfig)
+    assert all(f.metadata["help"] for f in fields)  # the help lives once, in train/config.py
+    train_parser = next(
+        a for a in cli_parser.build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "train"
+    )[1]
+    dests = {a.dest: a for a in train_parser._actions}
+    for f in fields:
+        assert f.name in dests, f"TrainConfig.{f.name} has no flag"
+        assert dests[f.name].help.startswith(f.metadata["help"])
+    flags = [flag for flag, _ in cli_parser.train_flags(TrainConfig).values()]
+    assert len(flags) == len(set(flags)) == len(fields)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -1,41 +1,76 @@
-"""The package's imports are layered: a module imports only modules of lower layers (so there is no cycle).
+"""The package's imports are layered: folders in import order, and modules in order inside each folder.
 
-Every import counts, module-level and inside functions; only `if TYPE_CHECKING:` blocks (annotations) are
-left out. A new module gets a place in LAYERS; an import that breaks the order fails here, naming it.
+A module imports only modules of earlier rows: of an earlier folder, or of an earlier row of its own folder. So
+there is no cycle. Every import counts: module-level, inside functions, and `if TYPE_CHECKING:` blocks
+(annotations) too. A new module gets a place in LAYERS; an import that breaks the order fails here, naming it.
+docs/architecture.md shows the same table; the test below keeps the two in step.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import sd_softprompt
 
-# Lowest first. Each module may import only modules of earlier rows.
-LAYERS: list[set[str]] = [
-    {"errors"},
-    {"atomic", "grid", "tiny_text"},  # atomic raises WriteError; tiny_text: the tiny tokenizers and text configs
-    {"__init__"},  # the package facade: errors eagerly, the rest lazily through importlib
-    {"encoding"},  # prompt encoding as the pipelines (and A1111 / ComfyUI for long prompts) do it
-    {"families", "scoring"},  # family table; image scorers
-    {"keys", "tiny", "toyworld.world"},  # file vocabulary (built from the family table); tiny pipelines
-    {"safe_read", "toyworld.judge", "toyworld.model", "toyworld.__init__"},
-    {"readers", "writers", "vocab", "token_checks"},  # vocab, token_checks: a pipeline's tables, token rules
-    {"bundles"},  # LoRA files with bundle_emb.* soft prompts (uses the readers)
-    {"format"},  # SoftPrompt and load/save/convert
-    {"loader", "pipeline", "images", "mixing"},  # mixing: sums, concatenation, strength of SoftPrompts
-    {"inspection", "generate", "measure"},
-    {"objectives", "toyworld.fidelity"},
-    {"config"},
-    {"checkpoints"},
-    {"rows"},
-    {"steps"},  # one optimizer step; the losses read back every few steps
-    {"train"},
-    {"demo"},
-    {"cli_parser"},  # the flags and help
-    {"cli"},
+# (folder, its modules' rows, lowest first). "" is the package's own top level.
+LAYERS: list[tuple[str, list[set[str]]]] = [
+    ("", [{"errors"}, {"__init__"}]),  # typed errors; the facade (errors eagerly, the rest lazily)
+    ("families", [{"base"}, {"clip"}, {"sd"}, {"sdxl", "sd3", "flux"}, {"__init__"}]),
+    (
+        "files",
+        [
+            {"atomic", "keys"},
+            {"safe_read"},
+            {"readers", "writers"},
+            {"bundles", "validation"},
+            {"softprompt"},
+            {"convert", "mixing"},
+            {"__init__"},
+        ],
+    ),
+    ("inject", [{"vocab", "token_checks"}, {"loader"}, {"inspection"}, {"__init__"}]),
+    ("render", [{"grid", "scoring"}, {"generate"}, {"__init__"}]),
+    (
+        "models",
+        [
+            {"tiny_text", "base"},
+            {"tiny", "toyworld.world"},
+            {"toyworld.judge", "toyworld.model"},
+            {"toyworld.fidelity"},
+            {"toyworld.__init__"},
+            {"builtin"},
+            {"pipeline"},
+            {"__init__"},
+        ],
+    ),
+    (
+        "train",
+        [
+            {"config"},
+            {"data", "measure", "losses"},
+            {"objectives"},
+            {"checks", "rows", "checkpoints"},
+            {"loop"},
+            {"trainer"},
+            {"__init__"},
+        ],
+    ),
+    ("cli", [{"demo"}, {"parser"}, {"main"}, {"__init__", "__main__"}]),
 ]
 PACKAGE = Path(sd_softprompt.__file__).parent
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def _rank() -> dict[str, tuple[int, int]]:
+    """module (dotted, from the package) -> (folder, row)."""
+    out = {}
+    for f, (folder, rows) in enumerate(LAYERS):
+        for r, row in enumerate(rows):
+            for module in row:
+                out[f"{folder}.{module}" if folder else module] = (f, r)
+    return out
 
 
 def _modules() -> dict[str, Path]:
@@ -46,18 +81,11 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _is_type_checking(node: ast.AST) -> bool:
-    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-
-
 def _imports(name: str, path: Path) -> set[str]:
-    """The package modules `name` imports (relative or absolute), outside TYPE_CHECKING blocks."""
-    package = name.split(".")[:-1]  # "toyworld.model" and "toyworld.__init__" both live in toyworld
+    """The package modules `name` imports (relative or absolute), type-only imports included."""
+    package = name.split(".")[:-1]  # "models.toyworld.model" and "models.toyworld.__init__" live in models.toyworld
     found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if _is_type_checking(node):
-            return
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package[: len(package) - (node.level - 1)]
@@ -65,21 +93,16 @@ def _imports(name: str, path: Path) -> set[str]:
             elif node.module and node.module.split(".")[0] == "sd_softprompt":
                 target = node.module.split(".")[1:]
             else:
-                target = None
-            if target is not None:
-                # `from . import x` / `from .pkg import mod`: a submodule if one has that name
-                for alias in node.names:
-                    found.add(".".join([*target, alias.name]) if target or alias.name != "*" else "")
-                found.add(".".join(target))
+                continue
+            # `from . import x` / `from .pkg import mod`: a submodule if one has that name
+            for alias in node.names:
+                found.add(".".join([*target, alias.name]))
+            found.add(".".join(target))
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
                 if parts[0] == "sd_softprompt":
                     found.add(".".join(parts[1:]))
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(ast.parse(path.read_text(encoding="utf-8")))
     return found
 
 
@@ -93,32 +116,47 @@ def _canonical(name: str, modules: dict[str, Path]) -> str | None:
     return None  # a name imported from a module, not a module
 
 
-def test_every_module_has_a_layer():
-    ranked = set().union(*LAYERS)
-    missing = sorted(set(_modules()) - ranked)
-    assert not missing, f"give these modules a row in LAYERS (tests/test_layers.py): {missing}"
+def test_every_module_has_a_row_and_every_row_a_module():
+    ranked, modules = set(_rank()), set(_modules())
+    assert not sorted(modules - ranked), f"give these modules a row in LAYERS: {sorted(modules - ranked)}"
+    assert not sorted(ranked - modules), f"LAYERS names modules that do not exist: {sorted(ranked - modules)}"
 
 
-def test_imports_go_only_downwards():
-    modules = _modules()
-    rank = {m: i for i, layer in enumerate(LAYERS) for m in layer}
+def test_imports_go_only_downwards_type_only_imports_included():
+    modules, rank = _modules(), _rank()
     wrong = []
     for name, path in modules.items():
         for raw in _imports(name, path):
             target = _canonical(raw, modules)
             if target is None or target == name:
                 continue
-            if rank.get(target, -1) >= rank.get(name, len(LAYERS)):
-                wrong.append(f"{name} (row {rank.get(name)}) imports {target} (row {rank.get(target)})")
-    assert not wrong, "imports against the layer order:\n" + "\n".join(sorted(wrong))
+            if rank[target] >= rank[name]:
+                wrong.append(f"{name} {rank[name]} imports {target} {rank[target]}")
+    assert not wrong, "imports against the layer order (folder, row):\n" + "\n".join(sorted(wrong))
 
 
-def test_layer_checker_sees_relative_and_lazy_imports(tmp_path):
+def test_the_folders_are_the_package_and_docs_architecture_lists_them_in_order():
+    folders = [folder for folder, _ in LAYERS if folder]
+    on_disk = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    assert sorted(folders) == on_disk
+    # the table in docs/architecture.md: one row per folder, `name/` in its first column, in this order
+    listed = re.findall(r"^\|\s*`([a-z_]+)/`", ARCHITECTURE.read_text(encoding="utf-8"), flags=re.M)
+    assert listed == folders, f"docs/architecture.md lists {listed}; LAYERS has {folders}"
+
+
+def test_layer_checker_sees_relative_lazy_and_type_only_imports(tmp_path):
     source = tmp_path / "m.py"
     source.write_text(
-        "from typing import TYPE_CHECKING\nfrom .format import SoftPrompt\nfrom . import objectives\n"
-        "if TYPE_CHECKING:\n    from .config import TrainConfig\n"
-        "def f():\n    from .pipeline import load_pipeline\n    import sd_softprompt.train\n"
+        "from typing import TYPE_CHECKING\nfrom .files.softprompt import SoftPrompt\nfrom .train import objectives\n"
+        "if TYPE_CHECKING:\n    from .train.config import TrainConfig\n"
+        "def f():\n    from .models.pipeline import load_pipeline\n    import sd_softprompt.cli\n"
     )
     found = {_canonical(n, _modules()) for n in _imports("m", source)} - {None}
-    assert found == {"format", "objectives", "pipeline", "train", "__init__"}
+    assert found == {
+        "files.softprompt",
+        "train.objectives",
+        "train.__init__",
+        "train.config",
+        "models.pipeline",
+        "cli.__init__",
+    }

@@ -8,7 +8,7 @@ import torch
 from sd_softprompt.errors import ConfigError
 from sd_softprompt.families import FAMILIES
 from sd_softprompt.models import tiny
-from sd_softprompt.train.objectives import (
+from sd_softprompt.train.losses import (
     LOSSES,
     Alignment,
     alignment,

@@ -9,9 +9,10 @@ from sd_softprompt.errors import ConfigError
 from sd_softprompt.families import FAMILIES
 from sd_softprompt.files.softprompt import SoftPrompt
 from sd_softprompt.train import TrainConfig, train
-from sd_softprompt.train.config import check_config
+from sd_softprompt.train.checks import check_config
 from sd_softprompt.train.data import OBJECT_TEMPLATES, STYLE_TEMPLATES
-from sd_softprompt.train.objectives import ImageObjective, image_loss, min_snr_weights
+from sd_softprompt.train.losses import image_loss, min_snr_weights
+from sd_softprompt.train.objectives import ImageObjective
 from sd_softprompt.train.rows import initial_vectors, vocab_norm
 
 

@@ -138,9 +138,12 @@ def test_clip_scorer_says_what_is_wrong(tmp_path, tiny_clip):
 
 
 def test_built_in_name_says_how_to_get_a_missing_toy_model(monkeypatch, tmp_path):
+    import dataclasses
+
+    from sd_softprompt.models.builtin import BUILTIN_MODELS
     from sd_softprompt.models.pipeline import built_in_model
 
-    monkeypatch.setattr(toy, "MODEL_DIR", tmp_path / "none")
+    monkeypatch.setitem(BUILTIN_MODELS, "toyworld", dataclasses.replace(BUILTIN_MODELS["toyworld"], folder=tmp_path))
     with pytest.raises(ConfigError, match="train_toyworld.py"):
         built_in_model("toyworld")
     assert built_in_model("some/model") == "some/model"

@@ -191,7 +191,7 @@ def test_parts_parked_during_the_loop(family, mode, loss, parked):
 
 
 def test_losses_read_back_every_few_steps_and_before_each_checkpoint(monkeypatch):
-    from sd_softprompt.train import steps
+    from sd_softprompt.train import loop as steps
 
     losses = steps.StepLosses([0.5])
     reads = []

@@ -254,95 +254,6 @@ def _add_mix(commands) -> None:
     p.add_argument("--out", required=True, help="native .safetensors file to write")
 
 
-# TrainConfig field -> (flag, argparse keywords). One flag per field; defaults come from TrainConfig.
-TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "model": ("--model", {"required": True, "help": "hub id or local folder of a diffusers pipeline"}),
-    "out": (
-        "--out",
-        {"required": True, "help": "soft prompt file to write (.safetensors); a report JSON goes beside it"},
-    ),
-    "mode": (
-        "--mode",
-        {"choices": ("text", "images"), "help": "text: distil a hard prompt; images: textual inversion"},
-    ),
-    "target": ("--target", {"help": "text mode: the hard prompt to distil (longer than the window is fine)"}),
-    "target_file": ("--target-file", {"metavar": "FILE", "help": "text mode: read the hard prompt from a text file"}),
-    "role": (
-        "--role",
-        {"choices": ("positive", "negative"), "help": "text mode: a prompt, or a negative prompt (negative_prompt)"},
-    ),
-    "negative_prompt": (
-        "--negative-prompt",
-        {"help": "validation grids' negative prompt; {} stands for the soft tokens (SD, SDXL, SD3)"},
-    ),
-    "images": ("--images", {"help": "images mode: folder of pictures (+ optional same-name .txt captions)"}),
-    "vectors": ("--vectors", {"type": int, "help": "number of soft vectors N"}),
-    "steps": ("--steps", {"type": int, "help": "optimizer steps"}),
-    "lr": ("--lr", {"type": float, "help": "learning rate"}),
-    "batch_size": ("--batch-size", {"type": int, "help": "batch size"}),
-    "grad_accum": ("--grad-accum", {"type": int, "help": "gradient accumulation steps"}),
-    "warmup": ("--warmup", {"type": int, "help": "linear warm-up steps"}),
-    "schedule": ("--schedule", {"help": "learning-rate schedule: constant or cosine"}),
-    "max_grad_norm": ("--max-grad-norm", {"type": float, "help": "gradient clipping norm"}),
-    "snr_gamma": (
-        "--snr-gamma",
-        {"type": float, "help": "images mode: min-SNR weighting of the denoising loss (e.g. 5); DDPM models only"},
-    ),
-    "seed": ("--seed", {"type": int, "help": "seed"}),
-    "mixed_precision": ("--mixed-precision", {"choices": ("no", "fp16", "bf16"), "help": "frozen models' precision"}),
-    "init": (
-        "--init",
-        {"help": "initial vectors: hard (the --target's token embeddings; random without one), random or words"},
-    ),
-    "init_words": ("--init-words", {"help": "with --init words: the words to start from"}),
-    "context": ("--context", {"action": "append", "metavar": "TEXT", "help": "extra context suffix (repeatable)"}),
-    "loss": ("--loss", {"help": "text mode: denoiser, sequence (no denoiser needed per step), full or denoiser-fresh"}),
-    "norm_weight": ("--norm-weight", {"type": float, "help": "pull vector norms towards the vocabulary's"}),
-    "encoders": ("--encoders", {"nargs": "+", "metavar": "KEY", "help": "train only these encoder keys (e.g. t5xxl)"}),
-    "tokens": ("--tokens", {"nargs": "+", "metavar": "TOKEN", "help": "placeholder token names (default [v1]..[vN])"}),
-    "allow_shadowing": (
-        "--allow-shadowing",
-        {"action": "store_true", "help": "allow --tokens that are words of the model's vocabulary (they replace it)"},
-    ),
-    "name": ("--name", {"help": "name stored in the file (default: the file stem)"}),
-    "resolution": ("--resolution", {"type": int, "help": "images mode: training resolution"}),
-    "flip": ("--no-flip", {"action": "store_false", "help": "images mode: no random horizontal flips"}),
-    "style": ("--style", {"action": "store_true", "help": "images mode: style captions instead of object captions"}),
-    "validate_every": ("--validate-every", {"type": int, "help": "steps between validation grids (0: none)"}),
-    "validation_prompts": (
-        "--validation-prompt",
-        {"action": "append", "metavar": "PROMPT", "help": "validation prompt (repeatable)"},
-    ),
-    "validation_seeds": (
-        "--validation-seeds",
-        {"type": int, "nargs": "+", "metavar": "SEED", "help": "validation seeds"},
-    ),
-    "checkpoint_every": ("--checkpoint-every", {"type": int, "help": "steps between checkpoints"}),
-    "resume": ("--resume", {"action": "store_true", "help": "continue from the checkpoint beside --out"}),
-    "probe_pool": (
-        "--probe-pool",
-        {"type": int, "help": "denoiser loss: noisy latents per context whose targets are computed once"},
-    ),
-    "eval_samples": ("--eval-samples", {"type": int, "help": "noisy latents in the denoiser-distance probe"}),
-    "probe_size": (
-        "--probe-size",
-        {
-            "type": int,
-            "help": "image size of the probe and, in text mode, of validation grids (default: the model's, at most 512)",
-        },
-    ),
-    "device": ("--device", {"help": "cpu, cuda, cuda:1 (default: cuda if available, else cpu)"}),
-    "offload": (
-        "--no-offload",
-        {
-            "action": "store_false",
-            "help": "keep the VAE (and, in text mode with a state loss, the denoiser) on the device during training",
-        },
-    ),
-    "progress": ("--no-progress", {"action": "store_false", "help": "no progress bar"}),
-}
-
-
 def _add_train(commands) -> None:
     from ..train import TrainConfig
 
@@ -355,23 +266,20 @@ def _add_train(commands) -> None:
         f"      --vectors 3 --steps 300 --out sunrise.safetensors",
         "train",
     )
-    defaults = _config_defaults(TrainConfig)
-    for field_name, (flag, options) in TRAIN_FLAGS.items():
-        options = dict(options)
-        if options.get("action") not in ("store_true", "store_false") and not options.get("required"):
-            options["default"] = defaults[field_name]
-            if defaults[field_name] not in (None, []):
-                options["help"] += " (default %(default)s)"
+    for field_name, (flag, options) in train_flags(TrainConfig).items():
         p.add_argument(flag, dest=field_name, **options)
 
 
-def _config_defaults(config_class) -> dict[str, Any]:
-    defaults = {}
+def train_flags(config_class) -> dict[str, tuple[str, dict[str, Any]]]:
+    """TrainConfig field -> (flag, argparse keywords), from each field's metadata (train/config.py's `option`):
+    one flag per field, its default the field's."""
+    flags = {}
     for f in dataclasses.fields(config_class):
-        if f.default is not dataclasses.MISSING:
-            defaults[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            defaults[f.name] = f.default_factory()
-        else:
-            defaults[f.name] = None
-    return defaults
+        meta = f.metadata
+        options = {**meta["argparse"], "help": meta["help"]}
+        if options.get("action") not in ("store_true", "store_false") and not options.get("required"):
+            options["default"] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if options["default"] not in (None, []):
+                options["help"] += " (default %(default)s)"
+        flags[f.name] = (meta["flag"] or "--" + f.name.replace("_", "-"), options)
+    return flags

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import ConfigError
 from ..families import FAMILIES, detect_family, families_of_class
+from .builtin import BUILTIN_MODELS
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
@@ -55,17 +56,16 @@ def resolve_dtype(dtype: str | None, device: str, pipeline_class: str | None = N
 
 
 def built_in_model(model: str) -> str:
-    """The folder a built-in model name (``toyworld``) stands for; any other ``model`` as it is."""
-    if model != "toyworld":
+    """The folder a built-in model's name (``toyworld``) stands for; any other ``model`` as it is."""
+    entry = BUILTIN_MODELS.get(model)
+    if entry is None:
         return model
-    from .toyworld.model import MODEL_DIR
-
-    if not (MODEL_DIR / "model_index.json").is_file():
+    if not (entry.folder / "model_index.json").is_file():
         raise ConfigError(
-            f"toyworld: the toy model is not in this install ({MODEL_DIR} has no model_index.json); "
-            "reinstall sd-softprompt or train it with scripts/train_toyworld.py"
+            f"{model}: the built-in model is not in this install ({entry.folder} has no model_index.json); "
+            f"{entry.how_to_get}"
         )
-    return str(MODEL_DIR)
+    return str(entry.folder)
 
 
 def load_pipeline(model: str, device: str | None = None, dtype: str | None = None, *, progress: bool = True):

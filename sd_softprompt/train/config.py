@@ -1,180 +1,119 @@
-"""The training run's settings (one field per `train` flag) and their validation."""
+"""The training run's settings: one field per `train` flag, each with its help in its metadata.
+
+This module imports nothing from the package, so anything can read a config; the CLI builds its `train`
+flags from these fields (cli/parser.py), and checks.py validates a config before anything is loaded.
+"""
 
 from __future__ import annotations
 
-import math
-import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..errors import ConfigError, listed
-from ..files.keys import MAX_VECTORS
-from ..inject.loader import check_token_names
-from .data import scan_images
-from .objectives import OBJECTIVES, get_loss
+
+def option(default: Any = None, help: str = "", *, flag: str | None = None, factory: Any = None, **argparse) -> Any:
+    """A field whose metadata carries its flag's help and argparse keywords (flag: default --field-name)."""
+    metadata = {"help": help, "flag": flag, "argparse": argparse}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    if argparse.get("required"):
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class TrainConfig:
     """Everything a run needs; the CLI's `train` flags map one to one onto these fields."""
 
-    model: str  # hub id or local path of a diffusers pipeline
-    out: str  # the soft prompt file to write (.safetensors, native format)
-    mode: str = "text"  # "text" or "images"
-    target: str | None = None  # text mode: the hard prompt (it may be longer than the encoder's window)
-    target_file: str | None = None  # text mode: read the hard prompt from this UTF-8 text file instead
-    role: str = "positive"  # text mode: "positive" (a prompt) or "negative" (meant for negative_prompt)
-    negative_prompt: str | None = None  # validation grids' negative prompt ({} stands for the soft tokens)
-    images: str | None = None  # images mode: a folder of png/jpg/jpeg/webp (+ optional same-name .txt captions)
-    vectors: int = 4
-    steps: int = 300
-    lr: float = 5e-3
-    batch_size: int = 4
-    grad_accum: int = 1
-    warmup: int = 20  # steps of linear warm-up
-    schedule: str = "constant"  # or "cosine"
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    mixed_precision: str = "no"  # "no" | "fp16" | "bf16": the frozen models' dtype; vectors stay fp32
-    init: str = "hard"  # "hard" (the hard prompt's own token embeddings; random without a target) | "random" | "words"
-    init_words: str | None = None
-    context: list[str] = field(default_factory=list)  # extra context suffixes (added to the built-in ones)
-    loss: str = "denoiser"  # text mode: "denoiser" | "sequence" | "full" (see objectives.py and the README)
-    norm_weight: float = 0.0  # >0 pulls vector norms towards the vocabulary's mean norm
-    encoders: list[str] | None = None  # train only these encoder keys (e.g. ["t5xxl"]); default all
-    tokens: list[str] | None = None  # placeholder names (default [v1]..[vN])
-    allow_shadowing: bool = False  # allow tokens that are words of the model's vocabulary (they replace that word)
-    name: str | None = None
+    model: str = option(help="hub id or local folder of a diffusers pipeline", required=True)
+    out: str = option(help="soft prompt file to write (.safetensors); a report JSON goes beside it", required=True)
+    mode: str = option("text", "text: distil a hard prompt; images: textual inversion", choices=("text", "images"))
+    target: str | None = option(None, "text mode: the hard prompt to distil (longer than the window is fine)")
+    target_file: str | None = option(None, "text mode: read the hard prompt from a UTF-8 text file", metavar="FILE")
+    role: str = option(
+        "positive",
+        "text mode: a prompt, or a negative prompt (meant for negative_prompt)",
+        choices=("positive", "negative"),
+    )
+    negative_prompt: str | None = option(
+        None, "validation grids' negative prompt; {} stands for the soft tokens (SD, SDXL, SD3)"
+    )
+    images: str | None = option(None, "images mode: folder of pictures (+ optional same-name .txt captions)")
+    vectors: int = option(4, "number of soft vectors N", type=int)
+    steps: int = option(300, "optimizer steps", type=int)
+    lr: float = option(5e-3, "learning rate", type=float)
+    batch_size: int = option(4, "batch size", type=int)
+    grad_accum: int = option(1, "gradient accumulation steps", type=int)
+    warmup: int = option(20, "linear warm-up steps", type=int)
+    schedule: str = option("constant", "learning-rate schedule: constant or cosine")
+    max_grad_norm: float = option(1.0, "gradient clipping norm", type=float)
+    snr_gamma: float | None = option(
+        None,
+        "images mode: min-SNR weighting of the denoising loss (Hang et al. 2023, e.g. 5); DDPM models only",
+        type=float,
+    )
+    seed: int = option(0, "seed", type=int)
+    mixed_precision: str = option(
+        "no", "the frozen models' precision (the vectors stay fp32)", choices=("no", "fp16", "bf16")
+    )
+    init: str = option(
+        "hard", "initial vectors: hard (the --target's token embeddings; random without one), random or words"
+    )
+    init_words: str | None = option(None, "with --init words: the words to start from")
+    context: list[str] = option(
+        help="extra context suffix, added to the built-in ones (repeatable)",
+        factory=list,
+        action="append",
+        metavar="TEXT",
+    )
+    loss: str = option(
+        "denoiser", "text mode: denoiser, sequence (no denoiser needed per step), full or denoiser-fresh"
+    )
+    norm_weight: float = option(0.0, "pull vector norms towards the vocabulary's mean norm (0: off)", type=float)
+    encoders: list[str] | None = option(
+        None, "train only these encoder keys (e.g. t5xxl); default all", nargs="+", metavar="KEY"
+    )
+    tokens: list[str] | None = option(None, "placeholder token names (default [v1]..[vN])", nargs="+", metavar="TOKEN")
+    allow_shadowing: bool = option(
+        False, "allow --tokens that are words of the model's vocabulary (they replace it)", action="store_true"
+    )
+    name: str | None = option(None, "name stored in the file (default: the file stem)")
     # images mode
-    resolution: int = 512
-    flip: bool = True
-    style: bool = False
-    snr_gamma: float | None = None  # images mode: min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
-    validate_every: int = 0
-    validation_prompts: list[str] = field(default_factory=list)
-    validation_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    resolution: int = option(512, "images mode: training resolution", type=int)
+    flip: bool = option(True, "images mode: no random horizontal flips", flag="--no-flip", action="store_false")
+    style: bool = option(False, "images mode: style captions instead of object captions", action="store_true")
+    validate_every: int = option(0, "steps between validation grids (0: none)", type=int)
+    validation_prompts: list[str] = option(
+        help="validation prompt (repeatable)",
+        flag="--validation-prompt",
+        factory=list,
+        action="append",
+        metavar="PROMPT",
+    )
+    validation_seeds: list[int] = option(
+        help="validation seeds", factory=lambda: [0, 1], type=int, nargs="+", metavar="SEED"
+    )
     # bookkeeping
-    checkpoint_every: int = 100
-    resume: bool = False
-    probe_pool: int = 32  # denoiser loss: noisy latents per context whose hard-prompt targets are computed once
-    eval_samples: int = 8  # noisy latents in the denoiser-distance probe
-    probe_size: int | None = None  # probe's and text-mode validation grids' image size (default: model's, <=512)
-    device: str | None = None
-    offload: bool = True  # park frozen parts a step does not run (VAE, text-mode denoiser) in CPU memory
-    progress: bool = True
+    checkpoint_every: int = option(100, "steps between checkpoints", type=int)
+    resume: bool = option(False, "continue from the checkpoint beside --out", action="store_true")
+    probe_pool: int = option(
+        32, "denoiser loss: noisy latents per context whose hard-prompt targets are computed once", type=int
+    )
+    eval_samples: int = option(8, "noisy latents in the denoiser-distance probe", type=int)
+    probe_size: int | None = option(
+        None,
+        "image size of the probe and, in text mode, of validation grids (default: the model's, at most 512)",
+        type=int,
+    )
+    device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+    offload: bool = option(
+        True,
+        "keep the VAE (and, in text mode with a state loss, the denoiser) on the device during training",
+        flag="--no-offload",
+        action="store_false",
+    )
+    progress: bool = option(True, "no progress bar", flag="--no-progress", action="store_false")
 
     @property
     def out_path(self) -> Path:
         return Path(self.out)
-
-
-def read_target(cfg: TrainConfig) -> TrainConfig:
-    """The config with --target-file's text as its target (whitespace runs, newlines included, as spaces)."""
-    if not cfg.target_file:
-        return cfg
-    if cfg.target:
-        raise ConfigError("give the hard prompt once: --target or --target-file, not both")
-    path = Path(cfg.target_file)
-    try:
-        text = " ".join(path.read_text(encoding="utf-8").split())
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text; --target-file takes a text file holding the prompt") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read it ({e.strerror or e}); --target-file takes a text file") from None
-    if not text:
-        raise ConfigError(f"{path}: the file is empty; put the prompt to distil in it")
-    return replace(cfg, target=text, target_file=None)
-
-
-def check_config(cfg: TrainConfig) -> None:
-    """Refuse bad input before anything is loaded or written."""
-    if cfg.role not in ("positive", "negative"):
-        raise ConfigError(f"--role must be positive or negative, not {cfg.role!r}")
-    if cfg.role == "negative" and (cfg.mode != "text" or cfg.context):
-        raise ConfigError("--role negative distils a negative prompt, used alone: --mode text, and no --context")
-    if cfg.mode not in OBJECTIVES:
-        raise ConfigError(f"--mode must be one of {', '.join(OBJECTIVES)}, not {cfg.mode!r}")
-    if cfg.snr_gamma is not None and cfg.mode != "images":
-        raise ConfigError("--snr-gamma weights the images-mode denoising loss; leave it out in text mode")
-    if cfg.mode == "text" and not (cfg.target or "").strip():
-        raise ConfigError(
-            '--target is required in text mode: the hard prompt to distil, e.g. --target "image of serene landscape at sunrise"'
-        )
-    if cfg.mode == "images":
-        scan_images(cfg.images)
-    if not isinstance(cfg.vectors, int) or not 1 <= cfg.vectors <= MAX_VECTORS:
-        raise ConfigError(f"--vectors must be between 1 and {MAX_VECTORS}, not {cfg.vectors}")
-    _check_numbers(cfg)
-    if cfg.tokens is not None:
-        tokens = list(cfg.tokens)
-        if len(tokens) != cfg.vectors or len(set(tokens)) != len(tokens):
-            raise ConfigError(
-                f"--tokens {listed(tokens)}: give {cfg.vectors} different names, one per vector (--vectors {cfg.vectors})"
-            )
-        check_token_names(tokens, "--tokens")  # whitespace; words of the vocabulary need the model
-    get_loss(cfg.loss)  # ConfigError naming the losses for any other name
-    if cfg.init not in ("hard", "random", "words") or (cfg.init == "words" and not cfg.init_words):
-        raise ConfigError('--init must be hard, random or words (words needs --init-words "...")')
-    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, not {cfg.mixed_precision!r}")
-    if cfg.schedule not in ("constant", "cosine"):
-        raise ConfigError(f"--schedule must be constant or cosine, not {cfg.schedule!r}")
-    out = cfg.out_path
-    if out.suffix != ".safetensors":
-        raise ConfigError(
-            f"{out}: --out must be a .safetensors file (convert to other formats with sd-softprompt convert)"
-        )
-    if out.is_dir():
-        raise ConfigError(f"{out}: --out is a folder; give a file name ending in .safetensors")
-    parent = out.parent if str(out.parent) else Path(".")
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise ConfigError(f"{out}: cannot write there ({probe} is not a writable folder); choose another --out")
-
-
-# flag -> (field, smallest meaningful value, whether that value itself is allowed, whole numbers only)
-_NUMBERS = {
-    "--steps": ("steps", 1, True, True),
-    "--lr": ("lr", 0, False, False),
-    "--batch-size": ("batch_size", 1, True, True),
-    "--grad-accum": ("grad_accum", 1, True, True),
-    "--warmup": ("warmup", 0, True, True),
-    "--max-grad-norm": ("max_grad_norm", 0, False, False),
-    "--norm-weight": ("norm_weight", 0, True, False),
-    "--resolution": ("resolution", 8, True, True),
-    "--validate-every": ("validate_every", 0, True, True),
-    "--checkpoint-every": ("checkpoint_every", 0, True, True),
-    "--probe-pool": ("probe_pool", 1, True, True),
-    "--eval-samples": ("eval_samples", 1, True, True),
-    "--probe-size": ("probe_size", 8, True, True),
-    "--snr-gamma": ("snr_gamma", 0, False, False),
-    "--seed": ("seed", 0, True, True),
-}
-MAX_SEED = 2**32 - 1  # the loop derives per-step seeds from it; torch takes at most 64 bits
-
-
-def _check_numbers(cfg: TrainConfig) -> None:
-    """Every numeric setting finite and in its meaningful range (argparse's float() takes "nan" and "inf")."""
-    defaults = {name: f.default for name, f in TrainConfig.__dataclass_fields__.items()}
-    for flag, (name, low, low_ok, whole) in _NUMBERS.items():
-        value = getattr(cfg, name)
-        if value is None and name in ("probe_size", "snr_gamma"):
-            continue
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if (
-            not number
-            or not math.isfinite(value)
-            or (whole and value != int(value))
-            or value < low
-            or (value == low and not low_ok)
-        ):
-            kind = "a whole number" if whole else "a finite number"
-            bound = f"{'at least' if low_ok else 'above'} {low}"
-            default = "" if defaults[name] is None else f" (default {defaults[name]})"
-            shown = f"{value:g}" if number else repr(value)
-            raise ConfigError(f"{flag} {shown}: must be {kind} {bound}{default}")
-    seeds = [cfg.seed, *cfg.validation_seeds]
-    if any(not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seeds):
-        raise ConfigError(f"--seed / --validation-seeds {listed(seeds)}: seeds are whole numbers from 0 to {MAX_SEED}")

@@ -1,38 +1,46 @@
-"""One training loop for both objectives: only the N x width soft vectors learn.
+"""`train()`: set up a run, hand it to the loop (loop.py), then measure and write the soft prompt.
 
 text   (prompt distillation): make "<soft> <context>" act like "<hard prompt> <context>" on the frozen
                               denoiser (or, with --loss sequence, on the encoders' states alone); no images
 images (textual inversion):   the denoiser's own loss on cached VAE latents of a folder of pictures
 
-The settings live in config.py, checkpoints in checkpoints.py, the objectives and losses in objectives.py, the
-trainable rows in rows.py, one optimizer step and the losses' deferred read-back in steps.py.
+The settings are config.py's (checked by checks.py), the loop with its step and schedule loop.py's, the
+objectives objectives.py's and the losses losses.py's, the trainable rows rows.py's, checkpoints
+checkpoints.py's. A built-in model's own measure (the toy world's F in pictures) is looked up from its entry
+in models/builtin.py.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError, TrainingDiverged, WriteError
 from ..families import Family, detect_family
 from ..files.atomic import together, write_json
 from ..files.softprompt import SoftPrompt
 from ..inject.loader import load_soft_prompt, unload_soft_prompt
-from .checkpoints import checkpoint_path, load_checkpoint, resume_hint, save_checkpoint_or_warn
-from .config import TrainConfig, check_config, read_target
+from ..models.builtin import builtin_of
+from .checkpoints import checkpoint_path, resume_hint
+from .checks import check_config, read_target
+from .config import TrainConfig
+from .loop import LoopResult, Run, StepHook, lr_factor, run_loop, unused_in_loop
 from .measure import EVAL_CONTEXTS, Probe, distance_report, join, negative_report
-from .objectives import OBJECTIVES, positives_for
-from .rows import initial_vectors, moved_to, trainable_rows, vocab_norm
-from .steps import READ_EVERY, StepLosses, optimizer_step
+from .objectives import positives_for
+from .rows import initial_vectors, moved_to, vocab_norm
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "check_config", "train", "unused_in_loop"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "check_config",
+    "lr_factor",
+    "train",
+    "unused_in_loop",
+]
 
 
 @dataclass
@@ -43,26 +51,6 @@ class TrainResult:
     pictures: dict = field(default_factory=dict)  # toy world: the pictures F judged, by prompt (one per seed)
 
 
-def unused_in_loop(cfg: TrainConfig, family: Family) -> list[str]:
-    """Frozen parts the training steps never run: the VAE once latents are cached (or always, in text
-    mode), and the denoiser unless the objective needs it (it comes back for the final measure)."""
-    names = ["vae"]
-    if not OBJECTIVES[cfg.mode].needs_denoiser(cfg):
-        names.append(family.denoiser)
-    return names
-
-
-def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
-    """LR multiplier: linear warm-up, then constant or cosine decay to 0."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if kind == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-# ---------------------------------------------------------------- the loop
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -71,20 +59,7 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-@dataclass
-class _Run:
-    """What the loop works on, set up once."""
-
-    accelerator: object
-    pipe: object
-    family: Family
-    tokens: list[str]
-    init: dict[str, torch.Tensor]  # initial vectors of every encoder
-    vectors: dict[str, torch.nn.Parameter]  # the trained ones, fp32
-    log: object
-
-
-def _setup(cfg: TrainConfig, pipe) -> _Run:
+def _setup(cfg: TrainConfig, pipe) -> Run:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -126,10 +101,7 @@ def _setup(cfg: TrainConfig, pipe) -> _Run:
     soft = SoftPrompt(vectors=init, tokens=cfg.tokens)
     tokens = load_soft_prompt(pipe, soft, family=family, allow_shadowing=cfg.allow_shadowing)
     vectors = {k: torch.nn.Parameter(init[k].to(accelerator.device, torch.float32)) for k in keys}
-    return _Run(accelerator, pipe, family, tokens, init, vectors, log)
-
-
-StepHook = Callable[[int], AbstractContextManager]
+    return Run(accelerator, pipe, family, tokens, init, vectors, log)
 
 
 def train(cfg: TrainConfig, pipe=None, *, around_step: StepHook | None = None) -> TrainResult:
@@ -146,7 +118,9 @@ def train(cfg: TrainConfig, pipe=None, *, around_step: StepHook | None = None) -
     try:
         run = _setup(cfg, pipe)
         try:
-            return _finish(cfg, run, _loop(cfg, run, around_step or (lambda step: nullcontext())))
+            validate = lambda step: _validate(run.pipe, run.family, cfg, "".join(run.tokens), step)  # noqa: E731
+            done = run_loop(cfg, run, around_step or (lambda step: nullcontext()), validate)
+            return _finish(cfg, run, done)
         finally:
             unload_soft_prompt(run.pipe, run.tokens, family=run.family)  # also after an error
     except KeyboardInterrupt:
@@ -154,86 +128,7 @@ def train(cfg: TrainConfig, pipe=None, *, around_step: StepHook | None = None) -
         raise KeyboardInterrupt(resume_hint(cfg)) from None
 
 
-@dataclass
-class LoopResult:
-    """What the loop hands to the final measure and report."""
-
-    losses: list[float]  # one per step, this run's and a resumed checkpoint's
-    fixed_batch_loss: dict[str, float]  # "before"/"after": the same batch, a noise-free progress figure
-    setup_s: float  # frozen targets, target pool or VAE latents, once
-    loop_s: float  # the steps alone
-    first_step: int  # 0, or the step a checkpoint resumed at
-    objective: object  # the TextObjective / ImageObjective trained
-
-
-def _loop(cfg: TrainConfig, run: _Run, around_step: StepHook) -> LoopResult:
-    """The training loop."""
-    acc, vectors, soft_text = run.accelerator, run.vectors, "".join(run.tokens)
-    norms = {k: vocab_norm(run.pipe, run.family.encoder(k)) for k in vectors}
-    ckpt = checkpoint_path(cfg.out_path)
-    optimizer = torch.optim.AdamW(vectors.values(), lr=cfg.lr, weight_decay=0.0)
-    start, losses = 0, []
-    if cfg.resume and ckpt.exists():
-        state = load_checkpoint(ckpt, cfg)
-        with torch.no_grad():
-            for k, v in vectors.items():
-                v.copy_(state["vectors"][k])
-        optimizer.load_state_dict(state["optimizer"])
-        start, losses = state["step"], list(state["losses"])
-        run.log(f"resuming from {ckpt} at step {start}")
-    elif cfg.resume:
-        run.log(f"no checkpoint at {ckpt}: starting from step 0")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup, cfg.schedule), last_epoch=start - 1
-    )
-    # Only the optimizer goes through accelerate (fp16 loss scaling): a prepared scheduler would step once
-    # per process, and there is no model to wrap, gradients are averaged by hand below.
-    optimizer = acc.prepare(optimizer)
-
-    with trainable_rows(run.pipe, run.family, run.tokens, vectors), ExitStack() as stack:
-        t0 = time.perf_counter()
-        objective = OBJECTIVES[cfg.mode](run.pipe, run.family, cfg, run.tokens, run.log)
-        stack.enter_context(moved_to(run.pipe, unused_in_loop(cfg, run.family) if cfg.offload else []))
-        fixed = {"before": _fixed_batch_loss(objective, acc)}
-        setup_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        bar = tqdm(
-            range(start, cfg.steps),
-            initial=start,
-            total=cfg.steps,
-            disable=not (acc.is_main_process and cfg.progress),
-            desc="train",
-        )
-        log = StepLosses(losses)
-        for step in bar:
-            with around_step(step):
-                log.add(step, optimizer_step(cfg, step, objective, optimizer, scheduler, vectors, norms, acc))
-            done = step + 1
-            # The last step too: if the soft prompt and report cannot be written, --resume goes straight to them.
-            due = done % cfg.checkpoint_every == 0 or done == cfg.steps if cfg.checkpoint_every else False
-            validate = cfg.validate_every and done % cfg.validate_every == 0
-            if due or validate or done % READ_EVERY == 0 or done == cfg.steps:  # before anything is written
-                bad = log.read()
-                if bad:
-                    kept = f"; the last good checkpoint is {ckpt} (add --resume)" if ckpt.exists() else ""
-                    raise TrainingDiverged(
-                        f"step {bad[0] + 1}: the loss is {bad[1]}; lower --lr or use --mixed-precision no{kept}"
-                    )
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if acc.is_main_process and due:
-                save_checkpoint_or_warn(ckpt, cfg, done, vectors, optimizer, losses, run.log)
-            if acc.is_main_process and validate:
-                try:
-                    _validate(run.pipe, run.family, cfg, soft_text, done)
-                except WriteError as error:  # a picture for the user, not worth stopping the run for
-                    run.log(f"warning: step {done}: {error}; training goes on")
-        bar.close()
-        loop_s = time.perf_counter() - t0
-        fixed["after"] = _fixed_batch_loss(objective, acc)
-    return LoopResult(losses, fixed, setup_s, loop_s, start, objective)
-
-
-def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:
+def _finish(cfg: TrainConfig, run: Run, done: LoopResult) -> TrainResult:
     """Measure, then write the soft prompt and its report (main process), and drop the checkpoint."""
     pipe, family, acc, losses = run.pipe, run.family, run.accelerator, done.losses
     # Encoders left out of --encoders keep their initial vectors: the file then behaves as in training.
@@ -290,7 +185,7 @@ def _finish(cfg: TrainConfig, run: _Run, done: LoopResult) -> TrainResult:
                 )
                 soft.metadata["guided_ratio_to_empty"] = f"{metrics['guided']['soft_ratio_to_empty']:.4g}"
         if cfg.mode == "text" and cfg.target:
-            pictures = _toyworld_fidelity(pipe, "".join(run.tokens), cfg, metrics, soft.metadata, run.log)
+            pictures = _pictures_measure(pipe, "".join(run.tokens), cfg, metrics, soft.metadata, run.log)
         try:
             with together():  # the soft prompt and its report: both or neither
                 soft.save(cfg.out_path)
@@ -309,20 +204,17 @@ def _spread_between_processes(acc, vectors: dict[str, torch.nn.Parameter]) -> fl
     return (every - every[:1]).abs().max().item()
 
 
-def _toyworld_fidelity(pipe, soft_text: str, cfg: TrainConfig, metrics: dict, metadata: dict, log) -> dict:
-    """On the toy world, fidelity in pictures. A prompt: F of the soft prompt and its baselines, alone and
-    composed (``fidelity``; returns the pictures judged, by prompt, so a caller may show them without drawing
-    them again). A negative (--role negative): avoidance and F of held-out positives drawn with it and its
-    baselines (``negative_fidelity``), printed too."""
-    from ..models.toyworld.model import is_toyworld
-
+def _pictures_measure(pipe, soft_text: str, cfg: TrainConfig, metrics: dict, metadata: dict, log) -> dict:
+    """On a built-in model with a picture measure (the toy world), fidelity in pictures. A prompt: F of the
+    soft prompt and its baselines, alone and composed (``fidelity``; returns the pictures judged, by prompt,
+    so a caller may show them without drawing them again). A negative (--role negative): avoidance and F of
+    held-out positives drawn with it and its baselines (``negative_fidelity``), printed too."""
     pictures: dict = {}
-    if not is_toyworld(pipe):
+    model = builtin_of(pipe)
+    if model is None or model.fidelity is None:
         return pictures
-    from ..models.toyworld import fidelity as fid
-
     if cfg.role == "negative":
-        table = fid.negative_table(pipe, soft_text, cfg.target, cfg.vectors, positives=positives_for(pipe).eval)
+        table = model.negative_fidelity(pipe, soft_text, cfg.target, cfg.vectors, positives_for(pipe).eval)
         metrics["negative_fidelity"] = table
         for name, row in table.items():
             for column, key in (("avoidance", f"avoidance_{name}"), ("F", f"F_{name}_positive")):
@@ -330,19 +222,14 @@ def _toyworld_fidelity(pipe, soft_text: str, cfg: TrainConfig, metrics: dict, me
                     metadata[key] = f"{row[column]:.4g}"
         log(
             "the negative in pictures (held-out positives; avoidance of its attributes, F of theirs):\n"
-            + fid.format_negative_table(table)
+            + model.format_negative_fidelity(table)
         )
         return pictures
-    metrics["fidelity"] = fid.fidelity_table(pipe, soft_text, cfg.target, cfg.vectors, pictures=pictures)
+    metrics["fidelity"] = model.fidelity(pipe, soft_text, cfg.target, cfg.vectors, pictures)
     for name, row in metrics["fidelity"].items():
         for where, value in row.items():
             metadata[f"F_{name}_{where}"] = f"{value:.4g}"
     return pictures
-
-
-def _fixed_batch_loss(objective, accelerator) -> float:
-    with torch.no_grad(), accelerator.autocast():
-        return objective.loss(torch.Generator().manual_seed(777)).item()
 
 
 def _validate(pipe, family: Family, cfg: TrainConfig, soft_text: str, step: int) -> None:
