@@ -1,6 +1,6 @@
 """Train the toy world's StableDiffusionPipeline from scratch on rendered scenes; write a diffusers folder.
 
-    python scripts/train_toyworld.py                       # -> sd_softprompt/toyworld/model (fp16 safetensors)
+    python scripts/train_toyworld.py                       # -> sd_softprompt/models/toyworld/model (fp16 safetensors)
     python scripts/train_toyworld.py --vae-steps 20 --steps 20 --out /tmp/tw-smoke   # end-to-end smoke run
 
 Stages, each resumable from its last checkpoint in --work (rerun the same command after a stop):

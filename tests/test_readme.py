@@ -10,7 +10,6 @@ names exists; the README stays short.
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
 import shlex
 from dataclasses import dataclass
@@ -156,15 +155,10 @@ def _with(argv: list[str], flag: str, values: list[str]) -> list[str]:
 
 
 def _build_parser():
-    """The CLI's argparse parser, wherever the package keeps it."""
-    for name in ("sd_softprompt.cli.parser", "sd_softprompt.cli_parser", "sd_softprompt.cli"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError:
-            continue
-        if hasattr(module, "build_parser"):
-            return module.build_parser()
-    raise AssertionError("no build_parser in sd_softprompt.cli.parser, sd_softprompt.cli_parser or sd_softprompt.cli")
+    """The CLI's own argparse parser."""
+    from sd_softprompt.cli.parser import build_parser
+
+    return build_parser()
 
 
 def test_docs_have_commands_to_run():

@@ -406,6 +406,6 @@ def test_package_import_is_cheap_and_exports_lazily():
         "assert 'sdxl' in s.FAMILIES and s.TrainConfig.__name__ == 'TrainConfig'; "
         "assert issubclass(s.WidthMismatchError, s.SoftPromptError)"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -22,7 +22,7 @@ from sd_softprompt.models.toyworld.world import MISSION, NEGATIVE_EVAL_POSITIVES
 from sd_softprompt.train import TrainConfig, train
 
 SEEDS = (0, 1, 2, 3)
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 
 @pytest.fixture(scope="module")

@@ -181,7 +181,7 @@ def test_negative_prompts_get_the_toy_worlds_own_positives_and_other_models_keep
     assert other.train == TRAIN_POSITIVES and other.eval == EVAL_POSITIVES
     # held out, in the captions' words, leaving the model room: no time of day named
     assert not set(NEGATIVE_TRAIN_POSITIVES) & set(NEGATIVE_EVAL_POSITIVES)
-    negative = (Path(__file__).resolve().parent.parent / "samples" / "toyworld_negative_prompt.txt").read_text()
+    negative = (Path(__file__).resolve().parents[2] / "samples" / "toyworld_negative_prompt.txt").read_text()
     vocabulary = set(captions_vocabulary())
     for text in (*NEGATIVE_TRAIN_POSITIVES, *NEGATIVE_EVAL_POSITIVES, negative):
         assert set(text.replace(",", " ").split()) <= vocabulary, text

@@ -14,7 +14,7 @@ from sd_softprompt.inject.loader import (
     loaded_tokens,
     unload_soft_prompt,
 )
-from tests.test_loader import assert_same, encode, snapshot, soft_for
+from tests.inject.test_loader import assert_same, encode, snapshot, soft_for
 
 NAMES = ("a", "b", "c")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sd_softprompt.files.softprompt import SoftPrompt
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
