@@ -105,3 +105,9 @@ def tiny_clip_dir(tmp_path_factory) -> str:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder)
+
+
+# ---- decoder-only (LLM) text encoders ----------------------------------------------------------------------
+@pytest.fixture
+def sana():
+    return tiny.build_sana()

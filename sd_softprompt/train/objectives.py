@@ -95,6 +95,9 @@ def alignment(tokenizer, hard: str, n_soft: int, offset: int = 0, length: int | 
 
 def alignments(pipe, family: Family, hard: str, n_soft: int) -> list[Alignment]:
     """One Alignment per segment of the family's states: each tokenizer but the last fills its window."""
+    if family.prompt_span is not None:  # a template around the prompt (LLM encoders): where it sits in it
+        start, n_hard = family.prompt_span(pipe, hard)
+        return [Alignment(start, n_soft, n_hard)]
     out, offset = [], 0
     for i, name in enumerate(family.state_tokenizers):
         tokenizer = getattr(pipe, name)
@@ -398,7 +401,8 @@ class ImageObjective:
                 x = load_image(p, cfg.resolution).unsqueeze(0).to(vae.device, vae.dtype)
                 views = [x, x.flip(-1)] if cfg.flip else [x]
                 for v in views:
-                    z = vae.encode(v).latent_dist.mode()
+                    encoded = vae.encode(v)  # a deep-compression autoencoder (Sana) gives latents, not a distribution
+                    z = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latent
                     latents.append(((z - shift) * vae.config.scaling_factor)[0])
                     self.captions.append(caption_for(p, soft_text, tokens))
         self.latents = torch.stack(latents)
