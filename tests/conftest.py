@@ -111,3 +111,8 @@ def tiny_clip_dir(tmp_path_factory) -> str:
 @pytest.fixture
 def sana():
     return tiny.build_sana()
+
+
+@pytest.fixture
+def lumina2():
+    return tiny.build_lumina2()

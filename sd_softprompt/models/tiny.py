@@ -333,3 +333,42 @@ def build_sana(seed: int = 0):
 
 
 BUILDERS["sana"] = build_sana
+
+
+def build_lumina2(seed: int = 0):
+    """A tiny Lumina2Pipeline: Gemma 2 (2 layers, 32 wide; the pipeline reads its penultimate states) with a
+    tokenizer whose words include the pipeline's system prompt, a Lumina 2 DiT, an 8x VAE."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
+    from transformers import Gemma2Model
+
+    from .tiny_llm import LUMINA2_SYSTEM_WORDS, gemma2_config, gemma_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = gemma_tokenizer([LUMINA2_SYSTEM_WORDS])
+    text_encoder = Gemma2Model(gemma2_config(len(tokenizer), 32))
+    transformer = Lumina2Transformer2DModel(
+        sample_size=8,  # 64 px images
+        patch_size=2,
+        in_channels=4,
+        hidden_size=32,
+        num_layers=1,
+        num_refiner_layers=1,
+        num_attention_heads=2,
+        num_kv_heads=1,
+        multiple_of=16,
+        axes_dim_rope=(4, 4, 8),
+        axes_lens=(320, 64, 64),
+        cap_feat_dim=32,
+    )
+    vae = _vae(
+        latent_channels=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
+    return _eval(
+        Lumina2Pipeline(
+            transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer
+        )
+    )
+
+
+BUILDERS["lumina2"] = build_lumina2

@@ -108,3 +108,10 @@ def qwen3_config(vocab_size: int, hidden: int = 32, layers: int = 2):
         max_position_embeddings=1024,
         tie_word_embeddings=True,
     )
+
+
+# Lumina2Pipeline sets its system prompt in __init__; its words, and the separator the pipeline writes after it.
+LUMINA2_SYSTEM_WORDS = (
+    "You are an assistant designed to generate superior images with the superior degree of image-text alignment "
+    "based on textual prompts or user prompts. <Prompt Start>"
+)

@@ -1,4 +1,4 @@
-"""Families that condition on a decoder-only language model (Sana, ...): prompt tuning inside an image model.
+"""Families that condition on a decoder-only language model (Sana, Lumina 2): prompt tuning inside an image model.
 
 On each tiny pipeline (the real diffusers/transformers classes, random weights, tokenizers built in memory with
 the real structure): the loader gives the states of vectors placed by hand where the prompt's words go, never in
@@ -15,6 +15,7 @@ from PIL import Image
 
 from sd_softprompt import cli
 from sd_softprompt.families import FAMILIES, detect_family
+from sd_softprompt.families.lumina2 import PROMPT_START, lumina2_state_ids
 from sd_softprompt.families.sana import instruction, sana_state_ids
 from sd_softprompt.files.softprompt import SoftPrompt
 from sd_softprompt.inject.loader import load_soft_prompt, unload_soft_prompt
@@ -38,8 +39,31 @@ def _sana_expected(pipe, prompt: str, table: torch.Tensor, soft: dict[int, torch
     return states[:, keep]
 
 
+def _embed(ids: torch.Tensor, table: torch.Tensor, soft: dict[int, torch.Tensor]) -> torch.Tensor:
+    return torch.stack([soft[int(i)] if int(i) in soft else table[int(i)] for i in ids])[None]
+
+
+def _lumina2_expected(pipe, prompt: str, table: torch.Tensor, soft: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Lumina 2's states built by hand: system prompt, separator, prompt padded on the right to 256 tokens,
+    through Gemma with the mask, the penultimate layer's states."""
+    text = pipe.system_prompt + PROMPT_START + prompt
+    tok = pipe.tokenizer(text, padding="max_length", max_length=256, truncation=True, return_tensors="pt")
+    out = pipe.text_encoder(
+        inputs_embeds=_embed(tok.input_ids[0], table, soft),
+        attention_mask=tok.attention_mask,
+        output_hidden_states=True,
+    )
+    return out.hidden_states[-2]
+
+
 # family -> (its ComfyUI/native key, real width, hand-built states, the ids its states stand on)
-CASES = {"sana": ("gemma2_2b", 2304, _sana_expected, sana_state_ids)}
+CASES = {
+    "sana": ("gemma2_2b", 2304, _sana_expected, sana_state_ids),
+    "lumina2": ("gemma2_2b", 2304, _lumina2_expected, lumina2_state_ids),
+}
+
+
+TEXT_STEPS = {"sana": 30, "lumina2": 80}  # a step costs Sana's long instruction 4x Lumina 2's system prompt
 
 
 @pytest.fixture(params=list(CASES))
@@ -116,7 +140,7 @@ def test_text_mode_beats_baselines(case, tmp_path):
         out=str(tmp_path / "s.safetensors"),
         target=HARD,
         vectors=3,
-        steps=30,
+        steps=TEXT_STEPS[name],
         progress=False,
         probe_size=64,
         eval_samples=6,
@@ -176,3 +200,13 @@ def test_grid_inspect_convert(name, tiny_dirs, tmp_path, capsys):
     assert cli.main(["convert", str(soft), "--to", "native", "--out", str(tmp_path / "c.safetensors")]) == 0
     assert torch.equal(SoftPrompt.load(tmp_path / "c.safetensors").vectors[key], SoftPrompt.load(soft).vectors[key])
     assert cli.main(["convert", str(soft), "--to", "a1111", "--out", str(tmp_path / "c.pt")]) != 0  # no A1111 here
+
+
+def test_a_key_two_families_share_names_neither_and_shared_widths_keep_the_first_key():
+    from sd_softprompt.files.keys import FAMILY_BY_KEYS, WIDTH_TO_KEY
+
+    # Sana and Lumina 2 both read Gemma 2 2B: a bare gemma2_2b file's family comes from metadata or the pipeline
+    assert SoftPrompt({"gemma2_2b": torch.zeros(1, 2304)}).family is None
+    assert SoftPrompt({"gemma2_2b": torch.zeros(1, 2304)}, metadata={"family": "lumina2"}).family == "lumina2"
+    assert frozenset({"clip_l", "t5xxl"}) in FAMILY_BY_KEYS and WIDTH_TO_KEY[4096] == "t5xxl"
+    assert WIDTH_TO_KEY[2304] == "gemma2_2b"
