@@ -105,3 +105,14 @@ def tiny_clip_dir(tmp_path_factory) -> str:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder)
+
+
+# ---- decoder-only (LLM) text encoders ----------------------------------------------------------------------
+@pytest.fixture
+def sana():
+    return tiny.build_sana()
+
+
+@pytest.fixture
+def lumina2():
+    return tiny.build_lumina2()

@@ -17,7 +17,7 @@ import sd_softprompt
 # (folder, its modules' rows, lowest first). "" is the package's own top level.
 LAYERS: list[tuple[str, list[set[str]]]] = [
     ("", [{"errors"}, {"__init__"}]),  # typed errors; the facade (errors eagerly, the rest lazily)
-    ("families", [{"base"}, {"clip"}, {"sd"}, {"sdxl", "sd3", "flux"}, {"__init__"}]),
+    ("families", [{"base"}, {"clip", "llm"}, {"sd"}, {"sdxl", "sd3", "flux", "sana"}, {"lumina2"}, {"__init__"}]),
     (
         "files",
         [
@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, list[set[str]]]] = [
         "models",
         [
             {"tiny_text", "base"},
+            {"tiny_llm"},
             {"tiny", "toyworld.world"},
             {"toyworld.judge", "toyworld.model"},
             {"toyworld.fidelity"},

@@ -12,6 +12,8 @@ from ..errors import UnsupportedPipelineError
 from .base import Cond, Encoder, Family, fits_window, prediction_type, prompt_tokens
 from .clip import CHUNK, chunk_token_ids
 from .flux import FLUX
+from .lumina2 import LUMINA2
+from .sana import SANA
 from .sd import SD1, SD2
 from .sd3 import SD3
 from .sdxl import SDXL
@@ -31,6 +33,8 @@ __all__ = [
 ]
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (SD1, SD2, SDXL, SD3, FLUX)}
+# decoder-only (LLM) text encoders
+FAMILIES |= {f.name: f for f in (SANA, LUMINA2)}
 
 
 def families_of_class(class_name: str | None) -> list[Family]:

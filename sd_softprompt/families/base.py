@@ -46,6 +46,11 @@ class Family:
     matches: Callable[[Any], bool] = lambda pipe: True  # tells apart families that share pipeline classes
     prefers_bf16: bool = False  # half precision on a GPU: bf16 where it has it (fp16 overflows, black images)
     formats: tuple[str, ...] | None = None  # file formats whose tools read its soft prompts; None: every one
+    # Pipelines that wrap the prompt in a template (LLM encoders): (pipe, prompt) -> (first position, token
+    # count) of the prompt in the states, and (pipe) -> the prompt tokens the pipeline keeps. None: the prompt
+    # follows the tokenizer's start token, and the window is model_max_length less the tokenizer's specials.
+    prompt_span: Callable[[Any, str], tuple[int, int]] | None = None
+    prompt_window: Callable[[Any], int] | None = None
 
     def encoder(self, key: str) -> Encoder:
         return next(e for e in self.encoders if e.key == key)
@@ -58,6 +63,8 @@ class Family:
 def prompt_tokens(pipe, family: Family, prompt: str) -> tuple[int, int]:
     """(the prompt's tokens, the tokens one window holds) for the encoders that set the denoiser's states
     (CLIP: 75 of 77 positions; Flux: T5; SD3: CLIP's window, then T5's): the first window it overflows."""
+    if family.prompt_span is not None:  # a template around the prompt: count the prompt's tokens inside it
+        return family.prompt_span(pipe, prompt)[1], family.prompt_window(pipe)
     for name in family.state_tokenizers:
         tokenizer = getattr(pipe, name)
         specials = len(tokenizer("").input_ids)  # start/end-of-text the tokenizer adds

@@ -278,3 +278,97 @@ def save_tiny(family: str, path: str | Path, seed: int = 0) -> Path:
     path = Path(path)
     BUILDERS[family](seed=seed).save_pretrained(path)
     return path
+
+
+# ---- decoder-only text encoders (Sana, Lumina 2, Qwen-Image, Flux.2 Klein) ----------------------------------
+def build_sana(seed: int = 0):
+    """A tiny SanaPipeline: Gemma 2 (2 layers, 32 wide; its last normed states, as Sana takes them) with a
+    tokenizer whose words include the complex human instruction, a linear-attention DiT, a DC-AE (8x here)."""
+    import inspect
+
+    from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Model
+
+    from .tiny_llm import gemma2_config, gemma_tokenizer
+
+    torch.manual_seed(seed)
+    chi = inspect.signature(SanaPipeline.__call__).parameters["complex_human_instruction"].default
+    tokenizer = gemma_tokenizer(chi)
+    text_encoder = Gemma2Model(gemma2_config(len(tokenizer), 32))
+    transformer = SanaTransformer2DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=1,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=32,
+        sample_size=8,  # 64 px images
+        patch_size=1,
+    )
+    vae = AutoencoderDC(
+        in_channels=3,
+        latent_channels=4,
+        attention_head_dim=4,
+        encoder_block_types=("ResBlock",) * 4,
+        decoder_block_types=("ResBlock",) * 4,
+        encoder_block_out_channels=(8, 8, 16, 16),
+        decoder_block_out_channels=(8, 8, 16, 16),
+        encoder_layers_per_block=(1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1),
+        encoder_qkv_multiscales=((),) * 4,
+        decoder_qkv_multiscales=((),) * 4,
+        decoder_norm_types="rms_norm",
+        decoder_act_fns="silu",
+        scaling_factor=0.41407,
+    )
+    scheduler = DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return _eval(
+        SanaPipeline(
+            tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+        )
+    )
+
+
+BUILDERS["sana"] = build_sana
+
+
+def build_lumina2(seed: int = 0):
+    """A tiny Lumina2Pipeline: Gemma 2 (2 layers, 32 wide; the pipeline reads its penultimate states) with a
+    tokenizer whose words include the pipeline's system prompt, a Lumina 2 DiT, an 8x VAE."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
+    from transformers import Gemma2Model
+
+    from .tiny_llm import LUMINA2_SYSTEM_WORDS, gemma2_config, gemma_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = gemma_tokenizer([LUMINA2_SYSTEM_WORDS])
+    text_encoder = Gemma2Model(gemma2_config(len(tokenizer), 32))
+    transformer = Lumina2Transformer2DModel(
+        sample_size=8,  # 64 px images
+        patch_size=2,
+        in_channels=4,
+        hidden_size=32,
+        num_layers=1,
+        num_refiner_layers=1,
+        num_attention_heads=2,
+        num_kv_heads=1,
+        multiple_of=16,
+        axes_dim_rope=(4, 4, 8),
+        axes_lens=(320, 64, 64),
+        cap_feat_dim=32,
+    )
+    vae = _vae(
+        latent_channels=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
+    return _eval(
+        Lumina2Pipeline(
+            transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer
+        )
+    )
+
+
+BUILDERS["lumina2"] = build_lumina2

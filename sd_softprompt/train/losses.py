@@ -45,6 +45,9 @@ def alignment(tokenizer, hard: str, n_soft: int, offset: int = 0, length: int | 
 
 def alignments(pipe, family: Family, hard: str, n_soft: int) -> list[Alignment]:
     """One Alignment per segment of the family's states: each tokenizer but the last fills its window."""
+    if family.prompt_span is not None:  # a template around the prompt (LLM encoders): where it sits in it
+        start, n_hard = family.prompt_span(pipe, hard)
+        return [Alignment(start, n_soft, n_hard)]
     out, offset = [], 0
     for i, name in enumerate(family.state_tokenizers):
         tokenizer = getattr(pipe, name)

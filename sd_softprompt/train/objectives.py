@@ -231,7 +231,8 @@ class ImageObjective:
                 x = load_image(p, cfg.resolution).unsqueeze(0).to(vae.device, vae.dtype)
                 views = [x, x.flip(-1)] if cfg.flip else [x]
                 for v in views:
-                    z = vae.encode(v).latent_dist.mode()
+                    encoded = vae.encode(v)  # a deep-compression autoencoder (Sana) gives latents, not a distribution
+                    z = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latent
                     latents.append(((z - shift) * vae.config.scaling_factor)[0])
                     self.captions.append(caption_for(p, soft_text, tokens))
         self.latents = torch.stack(latents)

@@ -1,0 +1,117 @@
+"""The tiny pipelines' decoder-only text side, built in code: BPE tokenizers with the real classes' structure
+(Gemma: sentencepiece-style "▁" pieces with byte fallback; Qwen: GPT-2 byte-level pieces with chat special
+tokens and a chat template) over a small word list, and 1-2 layer decoder configs a few dozen wide."""
+
+from __future__ import annotations
+
+import re
+
+from .tiny_text import WORDS, _bytes_to_unicode
+
+# Qwen3's chat template for what the pipelines send (one user turn, generation prompt, thinking off), as
+# its real template writes it: the empty think block follows the assistant header when enable_thinking=False.
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+
+
+def _words_of(texts: list[str]) -> list[str]:
+    """WORDS, then every word of `texts` (the pipelines' instruction and system templates), in order."""
+    found = [w for t in texts for w in re.findall(r"[A-Za-z]+", t)]
+    return list(dict.fromkeys(WORDS + found + [w.lower() for w in found]))
+
+
+def _merges_for(pieces: list[list[str]], vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """Left-to-right merges that make each piece (a list of symbols) one token, each earlier piece kept whole."""
+    ranks: dict[tuple[str, str], int] = {}
+    for symbols in pieces:
+        while True:  # run the merges made so far
+            pairs = [(ranks[p], i) for i, p in enumerate(zip(symbols, symbols[1:])) if p in ranks]
+            if not pairs:
+                break
+            _, i = min(pairs)
+            symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2 :]
+        while len(symbols) > 1:
+            ranks.setdefault((symbols[0], symbols[1]), len(ranks))
+            symbols = [symbols[0] + symbols[1]] + symbols[2:]
+            vocab.setdefault(symbols[0], len(vocab))
+    return sorted(ranks, key=ranks.__getitem__)
+
+
+def gemma_tokenizer(texts: list[str] = (), model_max_length: int = 8192):
+    """A GemmaTokenizer (BPE, byte fallback, spaces as "▁", <bos> added, no <eos>) whose whole words are WORDS
+    and those of `texts`; Gemma's ids for <pad>=0, <eos>=1, <bos>=2, <unk>=3."""
+    from transformers import GemmaTokenizer
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"])}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for c in "▁" + "".join(chr(i) for i in range(33, 127)):
+        vocab.setdefault(c, len(vocab))
+    words = _words_of(list(texts))
+    merges = _merges_for([list("▁" + w) for w in words] + [list(w) for w in words], vocab)
+    return GemmaTokenizer(
+        vocab=vocab, merges=merges, model_max_length=model_max_length, padding_side="right", add_bos_token=True
+    )
+
+
+def qwen_tokenizer(texts: list[str] = (), model_max_length: int = 64, chat_template: str | None = None):
+    """A Qwen2Tokenizer (GPT-2 byte-level BPE, no <bos>, <|endoftext|> pads) with Qwen's chat special tokens."""
+    from transformers import Qwen2Tokenizer
+
+    chars = list(_bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    words = _words_of(list(texts))
+    merges = _merges_for([list("Ġ" + w) for w in words] + [list(w) for w in words] + [list("ĊĊ")], vocab)
+    for token in QWEN_SPECIALS:
+        vocab[token] = len(vocab)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS[1:]})
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def gemma2_config(vocab_size: int, hidden: int = 32, layers: int = 2):
+    from transformers import Gemma2Config
+
+    return Gemma2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=1024,
+        sliding_window=64,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+
+
+def qwen3_config(vocab_size: int, hidden: int = 32, layers: int = 2):
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    )
+
+
+# Lumina2Pipeline sets its system prompt in __init__; its words, and the separator the pipeline writes after it.
+LUMINA2_SYSTEM_WORDS = (
+    "You are an assistant designed to generate superior images with the superior degree of image-text alignment "
+    "based on textual prompts or user prompts. <Prompt Start>"
+)
