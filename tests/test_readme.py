@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,3 +255,20 @@ def test_named_scripts_and_tests_exist(path: Path):
     text = path.read_text(encoding="utf-8")
     missing = sorted({name for name in NAMED_FILE.findall(text) if not (ROOT / name).exists()})
     assert not missing, f"{_rel(path)} names files that do not exist: {', '.join(missing)}"
+
+
+PUBLIC_WITH_EXAMPLES = ["load_soft_prompt", "mix", "convert", "train"]
+
+
+@pytest.mark.parametrize("name", PUBLIC_WITH_EXAMPLES)
+def test_public_docstrings_have_an_example_that_compiles(name):
+    import sd_softprompt
+    from sd_softprompt.files.convert import convert
+    from sd_softprompt.train import train
+
+    function = {"convert": convert, "train": train}.get(name) or getattr(sd_softprompt, name)
+    doc = function.__doc__ or ""
+    blocks = re.findall(r"```py\n(.*?)```", doc, flags=re.S)
+    assert "Example:" in doc and blocks, f"{name}: no Example: ```py block in its docstring"
+    for block in blocks:
+        compile(textwrap.dedent(block), f"<{name} docstring>", "exec")

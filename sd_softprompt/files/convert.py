@@ -26,6 +26,16 @@ def convert(
 
     ``to="bundle"``: a copy of the LoRA file ``lora`` with the soft prompt added (named ``embedding``, default
     its own name). A LoRA file as ``src``: ``embedding`` picks one of its bundled embeddings.
+
+    Example:
+
+    ```py
+    from sd_softprompt.files.convert import convert
+
+    convert("sunrise.safetensors", to="a1111", out="sunrise.pt")  # an A1111 / Forge embedding
+    convert(["learned_embeds.safetensors", "learned_embeds_2.safetensors"], to="native", out="sunrise.safetensors")
+    convert("sunrise.safetensors", to="bundle", lora="style.safetensors", out="style_sunrise.safetensors")
+    ```
     """
     if embedding is not None and not isinstance(src, (list, tuple)) and bundle_names(Path(src)):
         bundled = load_bundle(src)

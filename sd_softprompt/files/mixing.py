@@ -28,7 +28,17 @@ def mix(
     strength: float = 1.0,
     name: str | None = None,
 ) -> SoftPrompt:
-    """Weighted sum of soft prompts of one family and one N (default weights: the mean), times `strength`."""
+    """Weighted sum of soft prompts of one family and one N (default weights: the mean), times `strength`.
+
+    Example:
+
+    ```py
+    from sd_softprompt import mix
+
+    evening = mix(["dawn.safetensors", "dusk.safetensors"], weights=[0.7, 0.3])
+    evening.save("evening.safetensors")
+    ```
+    """
     named = _read(sources)
     weights = [1.0 / len(named)] * len(named) if weights is None else [float(w) for w in weights]
     if len(weights) != len(named):

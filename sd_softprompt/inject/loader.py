@@ -274,6 +274,18 @@ def load_soft_prompt(
     vectors the encoders' dtype cannot hold. `alias` (e.g. "<sunrise>") is a name that the pipeline's
     prompt encoding expands to all N tokens. `family`: the pipeline's, when the caller has it already (else
     detected). Several files at once: `load_soft_prompts`.
+
+    Example:
+
+    ```py
+    from diffusers import StableDiffusionXLPipeline
+    from sd_softprompt import load_soft_prompt, unload_soft_prompt
+
+    pipe = StableDiffusionXLPipeline.from_pretrained("stabilityai/stable-diffusion-xl-base-1.0")
+    tokens = load_soft_prompt(pipe, "sunrise.safetensors")  # ["[v1]", "[v2]", "[v3]"]
+    image = pipe("[v1][v2][v3] mountain view").images[0]
+    unload_soft_prompt(pipe, tokens)  # the tokenizers and encoders as they were, bit for bit
+    ```
     """
     return load_soft_prompts(
         pipe, [source], [tokens], replace=replace, aliases=[alias], family=family, allow_shadowing=allow_shadowing

@@ -112,6 +112,22 @@ def train(cfg: TrainConfig, pipe=None, *, around_step: StepHook | None = None) -
     `around_step(step)`: a context manager wrapped around each step's work (loss, backward, optimizer), for
     instruments such as a profiler or a FLOP counter (scripts/benchmark_train.py); the step's phases are
     labelled with torch.profiler.record_function.
+
+    Example:
+
+    ```py
+    from sd_softprompt.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        model="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        out="sunrise.safetensors",
+        target="image of serene landscape at sunrise with trees mountains and lake",
+        vectors=3,
+        mixed_precision="fp16",
+    )
+    result = train(cfg)  # sunrise.safetensors and sunrise.report.json
+    print(result.metrics["distance"]["alone"]["ratio_to_first_n_words"])
+    ```
     """
     cfg = read_target(cfg)
     check_config(cfg)
