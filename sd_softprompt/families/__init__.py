@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from ..errors import UnsupportedPipelineError
 from .base import Cond, Encoder, Family, fits_window, prediction_type, prompt_tokens
+from .chroma import CHROMA
 from .clip import CHUNK, chunk_token_ids
 from .flux import FLUX
+from .pixart import PIXART_SIGMA
 from .sd import SD1, SD2
 from .sd3 import SD3
 from .sdxl import SDXL
@@ -31,6 +33,7 @@ __all__ = [
 ]
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (SD1, SD2, SDXL, SD3, FLUX)}
+FAMILIES |= {f.name: f for f in (CHROMA, PIXART_SIGMA)}  # T5-only families
 
 
 def families_of_class(class_name: str | None) -> list[Family]:

@@ -46,6 +46,7 @@ class Family:
     matches: Callable[[Any], bool] = lambda pipe: True  # tells apart families that share pipeline classes
     prefers_bf16: bool = False  # half precision on a GPU: bf16 where it has it (fp16 overflows, black images)
     formats: tuple[str, ...] | None = None  # file formats whose tools read its soft prompts; None: every one
+    lowercases_prompts: bool = False  # the pipeline lowercases prompts (PixArt): a token with capitals never matches
 
     def encoder(self, key: str) -> Encoder:
         return next(e for e in self.encoders if e.key == key)

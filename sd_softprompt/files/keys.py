@@ -21,11 +21,15 @@ MAX_VECTORS = 75
 # Keys other tools use for the same encoders (diffusers' Flux script and OneTrainer write "t5").
 KEY_ALIASES = {"t5": "t5xxl"}
 OUT_SUFFIX = "_out"  # OneTrainer's output-embedding vectors: not input embeddings, so not ours
-WIDTH_TO_KEY = {width: key for key, width in REAL_WIDTHS.items()}
+WIDTH_TO_KEY: dict[int, str] = {}
+for _key, _width in REAL_WIDTHS.items():  # the first-registered key of a width (HiDream's llama is T5's 4096)
+    WIDTH_TO_KEY.setdefault(_width, _key)
 
 # A file's encoder keys name its family only when they are exactly one family's: a t5xxl-only file could be
 # Flux's or SD3's, and its family then comes from the pipeline it is loaded into (or its metadata).
-FAMILY_BY_KEYS = {frozenset(f.keys): f.name for f in FAMILIES.values()}
+# Chroma and PixArt-Sigma share {t5xxl}: a key set held by two families names neither.
+_KEY_SETS = [frozenset(f.keys) for f in FAMILIES.values()]
+FAMILY_BY_KEYS = {frozenset(f.keys): f.name for f in FAMILIES.values() if _KEY_SETS.count(frozenset(f.keys)) == 1}
 
 UNDERSTOOD_LAYOUTS = (
     f"native/ComfyUI {'|'.join(ENCODER_KEYS)}, "

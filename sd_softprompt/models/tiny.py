@@ -18,7 +18,9 @@ from .tiny_text import WORDS, clip_text_config, clip_tokenizer, clip_vocab_and_m
 __all__ = [
     "WORDS",
     "BUILDERS",
+    "build_chroma",
     "build_flux",
+    "build_pixart_sigma",
     "build_sd",
     "build_sd3",
     "build_sdxl",
@@ -254,6 +256,74 @@ def build_flux(seed: int = 0):
     )
 
 
+# ---------------------------------------------------------------- T5-only families: Chroma, PixArt-Sigma
+def build_chroma(seed: int = 0):
+    """A tiny ChromaPipeline: a T5 encoder (48 wide) and a Flux-like transformer with Chroma's approximator in
+    place of the pooled CLIP vector and the guidance embedding."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    tokenizer = t5_tokenizer()
+    transformer = ChromaTransformer2DModel(
+        patch_size=1,
+        in_channels=16,  # 4 latent channels packed 2x2
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=48,
+        axes_dims_rope=(4, 4, 8),
+        approximator_num_channels=16,
+        approximator_hidden_dim=32,
+        approximator_layers=1,
+    )
+    vae = _vae(
+        latent_channels=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035
+    )
+    return _eval(
+        ChromaPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False),
+            vae=vae,
+            text_encoder=_t5(len(tokenizer), 48),
+            tokenizer=tokenizer,
+            transformer=transformer,
+        )
+    )
+
+
+def build_pixart_sigma(seed: int = 0):
+    """A tiny PixArtSigmaPipeline: a T5 encoder (40 wide) and a PixArt DiT (cross-attention, AdaLN-single,
+    learned variance), with the DPM-Solver scheduler the real one ships with."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    torch.manual_seed(seed)
+    tokenizer = t5_tokenizer()
+    transformer = PixArtTransformer2DModel(
+        sample_size=8,  # 64 px images
+        num_layers=1,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        in_channels=4,
+        out_channels=8,  # epsilon and the learned variance
+        cross_attention_dim=16,
+        caption_channels=40,
+        norm_num_groups=4,
+    )
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon"
+    )
+    return _eval(
+        PixArtSigmaPipeline(
+            tokenizer=tokenizer,
+            text_encoder=_t5(len(tokenizer), 40),
+            vae=_vae(),
+            transformer=transformer,
+            scheduler=scheduler,
+        )
+    )
+
+
 BUILDERS = {
     "sd1": lambda seed=0: build_sd(1, seed),
     "sd2": lambda seed=0: build_sd(2, seed),
@@ -261,6 +331,7 @@ BUILDERS = {
     "flux": build_flux,
     "sd3": build_sd3,
 }
+BUILDERS |= {"chroma": build_chroma, "pixart_sigma": build_pixart_sigma}  # T5-only families
 
 
 def _eval(pipe):
