@@ -52,6 +52,11 @@ def pixart_sigma():
     return tiny.build_pixart_sigma()
 
 
+@pytest.fixture
+def hidream():
+    return tiny.build_hidream()
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     """Tiny pipelines saved with save_pretrained, built once per session, by family."""

@@ -38,7 +38,7 @@ def test_unsupported_pipeline_names_the_supported_families():
         detect_family(pipe)
 
 
-@pytest.mark.parametrize("family", ["sdxl", "flux", "sd3", "chroma", "pixart_sigma"])
+@pytest.mark.parametrize("family", ["sdxl", "flux", "sd3", "chroma", "pixart_sigma", "hidream"])
 def test_text_mode_beats_baselines(family, request, tmp_path):
     pipe = request.getfixturevalue(family)
     cfg = TrainConfig(
@@ -66,7 +66,7 @@ def test_text_mode_beats_baselines(family, request, tmp_path):
         assert d["ratio_to_first_n_words"] < 0.6 and d["ratio_to_empty"] < 0.5, (where, d)
 
 
-@pytest.mark.parametrize("family", ["sdxl", "flux", "sd3", "chroma", "pixart_sigma"])
+@pytest.mark.parametrize("family", ["sdxl", "flux", "sd3", "chroma", "pixart_sigma", "hidream"])
 def test_image_mode_runs(family, request, tmp_path):
     pipe = request.getfixturevalue(family)
     folder = tmp_path / "pics"

@@ -64,7 +64,7 @@ def assert_same_vectors(loaded: SoftPrompt, original: SoftPrompt) -> None:
 
 
 def test_constants():
-    assert ENCODER_KEYS == ("clip_l", "clip_h", "clip_g", "t5xxl")
+    assert ENCODER_KEYS == ("clip_l", "clip_h", "clip_g", "t5xxl", "llama")  # llama: HiDream
     assert FORMATS == ("native", "diffusers", "a1111", "kohya", "onetrainer")
     assert MAX_VECTORS == 75 and UNASSIGNED == "*" and FORMAT_VERSION == "sd-softprompt/1"
     assert default_tokens(3) == ["[v1]", "[v2]", "[v3]"]

@@ -13,6 +13,7 @@ from .base import Cond, Encoder, Family, fits_window, prediction_type, prompt_to
 from .chroma import CHROMA
 from .clip import CHUNK, chunk_token_ids
 from .flux import FLUX
+from .hidream import HIDREAM
 from .pixart import PIXART_SIGMA
 from .sd import SD1, SD2
 from .sd3 import SD3
@@ -34,6 +35,7 @@ __all__ = [
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (SD1, SD2, SDXL, SD3, FLUX)}
 FAMILIES |= {f.name: f for f in (CHROMA, PIXART_SIGMA)}  # T5-only families
+FAMILIES |= {f.name: f for f in (HIDREAM,)}
 
 
 def families_of_class(class_name: str | None) -> list[Family]:

@@ -20,6 +20,7 @@ __all__ = [
     "BUILDERS",
     "build_chroma",
     "build_flux",
+    "build_hidream",
     "build_pixart_sigma",
     "build_sd",
     "build_sd3",
@@ -324,6 +325,79 @@ def build_pixart_sigma(seed: int = 0):
     )
 
 
+# ---------------------------------------------------------------- HiDream
+def build_hidream(seed: int = 0):
+    """A tiny HiDreamImagePipeline: CLIP-L-like (32 wide) and bigG-like (48 wide) with projections and the
+    legacy eos id, at HiDream's 128 CLIP positions; T5 (40 wide); a Llama 3-like decoder (24 wide, 2 layers,
+    byte-level BPE) whose every layer's states the transformer takes; a 1+1-block MoE transformer."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImagePipeline, HiDreamImageTransformer2DModel
+    from transformers import CLIPTextModelWithProjection, LlamaConfig, LlamaForCausalLM
+
+    from .tiny_text import llama_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2, tokenizer_3 = clip_tokenizer(), clip_tokenizer(pad_token="!"), t5_tokenizer()
+    tokenizer_4 = llama_tokenizer()
+    w1, w2, w3, w4, proj = 32, 48, 40, 24, 16
+    clips = []
+    for tok, width, gelu in ((tokenizer, w1, False), (tokenizer_2, w2, True)):
+        config = clip_text_config(len(tok), width, gelu=gelu, projection=proj)
+        config.max_position_embeddings = 128  # HiDream pads CLIP prompts to 128 (its CLIPs are long-context)
+        clips.append(CLIPTextModelWithProjection(config))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer_4),
+            hidden_size=w4,
+            intermediate_size=2 * w4,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=tokenizer_4.bos_token_id,
+            eos_token_id=tokenizer_4.eos_token_id,
+            attn_implementation="eager",  # the pipeline asks for the attentions
+        )
+    )
+    transformer = HiDreamImageTransformer2DModel(
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        caption_channels=[w3, w4],
+        text_emb_dim=2 * proj,
+        num_routed_experts=2,
+        num_activated_experts=1,
+        axes_dims_rope=(4, 2, 2),
+        max_resolution=(16, 16),
+        llama_layers=[0, 1],  # one Llama layer's states per block (the real model: 48 picks of its 32 layers)
+    )
+    vae = _vae(
+        latent_channels=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5305
+    )
+    pipe = _eval(
+        HiDreamImagePipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=vae,
+            text_encoder=clips[0],
+            tokenizer=tokenizer,
+            text_encoder_2=clips[1],
+            tokenizer_2=tokenizer_2,
+            text_encoder_3=_t5(len(tokenizer_3), w3),
+            tokenizer_3=tokenizer_3,
+            text_encoder_4=llama,
+            tokenizer_4=tokenizer_4,
+            transformer=transformer,
+        )
+    )
+    # The pipeline draws every image at this area (the size asked sets only the aspect): 64 px, not 1024.
+    # An instance attribute, as in diffusers: a saved and reloaded tiny HiDream draws at 1024 px again.
+    pipe.default_sample_size = 8
+    return pipe
+
+
 BUILDERS = {
     "sd1": lambda seed=0: build_sd(1, seed),
     "sd2": lambda seed=0: build_sd(2, seed),
@@ -332,6 +406,7 @@ BUILDERS = {
     "sd3": build_sd3,
 }
 BUILDERS |= {"chroma": build_chroma, "pixart_sigma": build_pixart_sigma}  # T5-only families
+BUILDERS["hidream"] = build_hidream
 
 
 def _eval(pipe):

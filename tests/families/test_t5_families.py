@@ -15,6 +15,9 @@ from sd_softprompt.models import tiny
 from sd_softprompt.train import TrainConfig, train
 
 T5_FAMILIES = ["chroma", "pixart_sigma"]
+ALL = [*T5_FAMILIES, "hidream"]
+# ComfyUI's embedding keys for these encoders (comfy/text_encoders/chroma.py, pixart_t5.py, hidream.py)
+KEYS = {"chroma": ("t5xxl",), "pixart_sigma": ("t5xxl",), "hidream": ("clip_l", "clip_g", "t5xxl", "llama")}
 WORDS = "mountain view"
 SOFT = "[v1][v2][v3]"
 
@@ -72,17 +75,61 @@ def by_hand(pipe, family: str, soft: SoftPrompt, words: str) -> dict:
     if family == "pixart_sigma":
         states, mask = t5_by_hand(pipe.tokenizer, pipe.text_encoder, soft.vectors["t5xxl"], words.lower(), 64)
         return {"states": states, "mask": mask}
+    if family == "hidream":
+        v = soft.vectors
+        states, _ = t5_by_hand(pipe.tokenizer_3, pipe.text_encoder_3, v["t5xxl"], words, 64)
+        pooled = [clip_pooled_by_hand(pipe, i, v[key], words) for i, key in ((1, "clip_l"), (2, "clip_g"))]
+        return {"states": states, "llama": llama_by_hand(pipe, v["llama"], words), "pooled": torch.cat(pooled, -1)}
     raise AssertionError(family)
 
 
-@pytest.mark.parametrize("family", T5_FAMILIES)
+def llama_by_hand(pipe, vectors: torch.Tensor, words: str, window: int = 128) -> torch.Tensor:
+    """Every Llama layer's states [1, layers, L, D]: <|begin_of_text|>, the vectors, the words (their first
+    space inside the first word's token, "Ġmountain"), padded with the pad (= eot) token and masked."""
+    tok, enc = pipe.tokenizer_4, pipe.text_encoder_4
+    n = vectors.shape[0]
+    ids = [tok.bos_token_id] + [0] * n + tok(" " + words, add_special_tokens=False).input_ids
+    mask = torch.zeros(1, window, dtype=torch.long)
+    mask[0, : len(ids)] = 1
+    ids = torch.tensor([ids + [tok.pad_token_id] * (window - len(ids))])
+    embeds = enc.get_input_embeddings()(ids).detach().clone()
+    embeds[0, 1 : 1 + n] = vectors
+    with torch.no_grad():
+        hidden = enc(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True).hidden_states[1:]
+    return torch.stack(hidden, dim=1)
+
+
+def clip_pooled_by_hand(pipe, index: int, vectors: torch.Tensor, words: str) -> torch.Tensor:
+    """A CLIP's projected pooled vector at end-of-text, the vectors placed in its token embeddings' output (a
+    hook: transformers' CLIP takes no inputs_embeds) at the positions after start-of-text."""
+    tok = getattr(pipe, "tokenizer" if index == 1 else f"tokenizer_{index}")
+    enc = getattr(pipe, "text_encoder" if index == 1 else f"text_encoder_{index}")
+    n = vectors.shape[0]
+    placeholder = tok("a", add_special_tokens=False).input_ids  # any one-token word below end-of-text
+    ids = [tok.bos_token_id] + placeholder * n + tok(words, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    ids = torch.tensor([ids + [tok.pad_token_id] * (128 - len(ids))])
+
+    def place(module, args, out):
+        out = out.clone()
+        out[0, 1 : 1 + n] = vectors
+        return out
+
+    handle = enc.get_input_embeddings().register_forward_hook(place)
+    try:
+        with torch.no_grad():
+            return enc(ids)[0]  # text_embeds: pooled at argmax(ids), the end-of-text here (the placeholders are lower)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("family", ALL)
 def test_detected_with_comfyui_keys(family, request):
     pipe = request.getfixturevalue(family)
     assert detect_family(pipe).name == family
-    assert FAMILIES[family].keys == ("t5xxl",)  # ComfyUI's embedding_key for these T5 encoders
+    assert FAMILIES[family].keys == KEYS[family]
 
 
-@pytest.mark.parametrize("family", T5_FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 def test_loader_matches_vectors_placed_by_hand_and_unload_restores(family, request):
     pipe = request.getfixturevalue(family)
     twin = tiny.BUILDERS[family](seed=0)  # the same weights, never loaded into
@@ -171,6 +218,31 @@ def test_pixart_calls_skip_the_caption_cleaning_that_takes_soft_tokens_apart(pix
     }
 
 
+def test_hidream_tokens_whole_in_every_tokenizer_and_right_after_begin_of_text(hidream):
+    """Byte-level BPE (Llama 3) and CLIP's BPE keep [vN] whole; HiDream's pipeline gives Llama the prompt
+    with no chat template: the vectors sit right after <|begin_of_text|>, where the user's words start."""
+    load_soft_prompt(hidream, soft_for(hidream))
+    prompt = f"{SOFT} {WORDS}"
+    llama = hidream.tokenizer_4
+    assert llama.tokenize(prompt) == ["[v1]", "[v2]", "[v3]", "Ġmountain", "Ġview"]
+    ids = llama(prompt).input_ids
+    assert ids[0] == llama.bos_token_id and ids[1:4] == llama.convert_tokens_to_ids(["[v1]", "[v2]", "[v3]"])
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        assert getattr(hidream, name).tokenize(prompt)[:3] == ["[v1]", "[v2]", "[v3]"], name
+
+
+def test_hidream_pooled_vector_is_read_at_end_of_text_not_at_a_soft_token(hidream):
+    """The pooled-output trap: both CLIPs carry the legacy eos id 2, with which transformers pools at the
+    highest id, a soft token once loaded; the loader makes them pool at end-of-text (by_hand checks the value)."""
+    load_soft_prompt(hidream, soft_for(hidream))
+    for tok, enc in ((hidream.tokenizer, hidream.text_encoder), (hidream.tokenizer_2, hidream.text_encoder_2)):
+        ids = tok(f"{SOFT} {WORDS}").input_ids
+        assert enc.config.eos_token_id == 2 and tok.convert_ids_to_tokens(max(ids)) == "[v3]"
+        assert enc.text_model.eos_token_id == tok.eos_token_id
+    unload_soft_prompt(hidream)
+    assert hidream.text_encoder.text_model.eos_token_id == 2  # put back
+
+
 def _pictures(folder, n: int = 2):
     folder.mkdir()
     g = torch.Generator().manual_seed(0)
@@ -180,7 +252,7 @@ def _pictures(folder, n: int = 2):
     return folder
 
 
-@pytest.mark.parametrize("family", T5_FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 def test_image_mode_lowers_its_fixed_batch_loss(family, request, tmp_path):
     pipe = request.getfixturevalue(family)
     cfg = TrainConfig(
@@ -202,7 +274,7 @@ def test_image_mode_lowers_its_fixed_batch_loss(family, request, tmp_path):
     assert fixed["after"] < fixed["before"], fixed
 
 
-@pytest.mark.parametrize("family", T5_FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 def test_grid_inspect_and_convert(family, request, tmp_path):
     from sd_softprompt.render.generate import run_grid
 
@@ -226,14 +298,17 @@ def test_grid_inspect_and_convert(family, request, tmp_path):
     assert Image.open(grid).size[1] > 2 * 64 and record.exists()
 
     report = inspect_file(native, pipe)
-    assert [(e["key"], e["text_encoder"]) for e in report["encoders"]] == [
+    assert sorted((e["key"], e["text_encoder"]) for e in report["encoders"]) == sorted(
         (e.key, e.text_encoder) for e in FAMILIES[family].encoders
-    ]
+    )
     for fmt in FAMILIES[family].formats:
         written = convert(native, to=fmt, out=tmp_path / fmt)
         back = SoftPrompt.load(written[0])
-        only = next(iter(back.vectors.values()))
-        assert torch.equal(only, soft.vectors["t5xxl"]), fmt
+        if set(back.vectors) == {"*"}:  # diffusers' one-tensor file: its encoder is found by width on loading
+            assert torch.equal(back.vectors["*"], soft.vectors["t5xxl"]), fmt
+        else:
+            assert back.vectors.keys() == soft.vectors.keys(), fmt
+            assert all(torch.equal(back.vectors[k], soft.vectors[k]) for k in soft.vectors), fmt
         unload_soft_prompt(pipe)
         load_soft_prompt(pipe, back, family=detect_family(pipe))  # loads back into the pipeline
     unload_soft_prompt(pipe)
