@@ -252,6 +252,26 @@ def _pictures(folder, n: int = 2):
     return folder
 
 
+@pytest.mark.parametrize("family", ["pixart_sigma", "sdxl"])
+def test_image_mode_noises_as_ddpm_training_did_whatever_the_sampler(family, request):
+    """PixArt ships DPM-Solver, SDXL Euler: their add_noise is not the forward process the denoiser learned
+    (DPM-Solver's noise levels are misaligned with t until set_timesteps; Euler's x0 + sigma * noise is
+    unscaled). Images mode noises with sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise, before and after the
+    pipeline has sampled."""
+    from sd_softprompt.train.objectives import noisy_and_target
+
+    pipe = request.getfixturevalue(family)
+    g = torch.Generator().manual_seed(0)
+    x0, noise, t = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g), torch.tensor([50, 900])
+    alpha = pipe.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    expected = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
+    assert not torch.allclose(pipe.scheduler.add_noise(x0, noise, t), expected, atol=1e-3)
+    for _ in range(2):
+        x_t, target = noisy_and_target(pipe, FAMILIES[family], x0, noise, t)
+        assert torch.allclose(x_t, expected, atol=1e-6) and torch.equal(target, noise)
+        pipe.scheduler.set_timesteps(4)  # as a pipeline call leaves it
+
+
 @pytest.mark.parametrize("family", ALL)
 def test_image_mode_lowers_its_fixed_batch_loss(family, request, tmp_path):
     pipe = request.getfixturevalue(family)
