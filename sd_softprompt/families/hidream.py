@@ -20,6 +20,7 @@ HIDREAM_ENCODERS = (
 
 
 def _window(pipe) -> int:
+    # the tiny pipelines' T5 tokenizer is shorter (64): every encoder's window follows it, in training and calls
     return min(HIDREAM_MAX_SEQUENCE_LENGTH, pipe.tokenizer_3.model_max_length)
 
 
@@ -30,17 +31,17 @@ def encode_hidream(pipe, prompts: list[str]) -> Cond:
         prompt=prompts,
         device=pipe.text_encoder_3.device,
         do_classifier_free_guidance=False,
-        max_sequence_length=HIDREAM_MAX_SEQUENCE_LENGTH,
+        max_sequence_length=_window(pipe),
     )
     return {"states": t5, "llama": llama.transpose(0, 1), "pooled": pooled}
 
 
 def encode_hidream_long(pipe, prompts: list[str]) -> Cond:
-    """As ComfyUI encodes a long HiDream prompt: T5 cut at 128 tokens (it keeps only the first 128), Llama
-    uncut; the pooled vector from the first 128 CLIP positions."""
+    """As ComfyUI encodes a long HiDream prompt: T5 cut at the window (ComfyUI keeps its first 128 tokens),
+    Llama uncut; the pooled vector from the window's CLIP positions."""
     cond = encode_hidream(pipe, prompts)
     longest = max(len(pipe.tokenizer_4(p).input_ids) for p in prompts)
-    if longest > HIDREAM_MAX_SEQUENCE_LENGTH:
+    if longest > _window(pipe):
         llama = pipe._get_llama3_prompt_embeds(prompts, longest, pipe.text_encoder_4.device)
         cond["llama"] = llama.transpose(0, 1)
     return cond
@@ -62,6 +63,13 @@ def _predict_hidream(pipe, x_t, t, cond: Cond):
         return_dict=False,
     )[0]
     return -out
+
+
+def _hidream_call(pipe, negative_prompt: str | None) -> dict:
+    window = _window(pipe)
+    return negative_call(pipe, negative_prompt) | (
+        {} if window == HIDREAM_MAX_SEQUENCE_LENGTH else {"max_sequence_length": window}
+    )
 
 
 def _hidream_size(pipe) -> int:
@@ -86,7 +94,7 @@ HIDREAM = Family(
     latent_patch=2,  # the transformer's 2x2 patches
     native_size=_hidream_size,
     guidance=5.0,  # HiDreamImagePipeline's default (Full; Dev and Fast are distilled: 0)
-    call_kwargs=negative_call,
+    call_kwargs=_hidream_call,
     pipelines=("HiDreamImagePipeline",),
     state_tokenizers=("tokenizer_3",),  # "states" are T5's; Llama's go apart ("llama"), CLIP gives the pooled
     encode_long=encode_hidream_long,

@@ -83,7 +83,7 @@ def by_hand(pipe, family: str, soft: SoftPrompt, words: str) -> dict:
     raise AssertionError(family)
 
 
-def llama_by_hand(pipe, vectors: torch.Tensor, words: str, window: int = 128) -> torch.Tensor:
+def llama_by_hand(pipe, vectors: torch.Tensor, words: str, window: int = 64) -> torch.Tensor:
     """Every Llama layer's states [1, layers, L, D]: <|begin_of_text|>, the vectors, the words (their first
     space inside the first word's token, "Ġmountain"), padded with the pad (= eot) token and masked."""
     tok, enc = pipe.tokenizer_4, pipe.text_encoder_4
@@ -107,7 +107,7 @@ def clip_pooled_by_hand(pipe, index: int, vectors: torch.Tensor, words: str) -> 
     n = vectors.shape[0]
     placeholder = tok("a", add_special_tokens=False).input_ids  # any one-token word below end-of-text
     ids = [tok.bos_token_id] + placeholder * n + tok(words, add_special_tokens=False).input_ids + [tok.eos_token_id]
-    ids = torch.tensor([ids + [tok.pad_token_id] * (128 - len(ids))])
+    ids = torch.tensor([ids + [tok.pad_token_id] * (64 - len(ids))])  # the tiny window (the real one: 128)
 
     def place(module, args, out):
         out = out.clone()
