@@ -51,6 +51,7 @@ class Family:
     # follows the tokenizer's start token, and the window is model_max_length less the tokenizer's specials.
     prompt_span: Callable[[Any, str], tuple[int, int]] | None = None
     prompt_window: Callable[[Any], int] | None = None
+    lowercases_prompts: bool = False  # the pipeline lowercases prompts (PixArt): a token with capitals never matches
 
     def encoder(self, key: str) -> Encoder:
         return next(e for e in self.encoders if e.key == key)
