@@ -190,15 +190,21 @@ def child_env(threads: int | None) -> dict:
     return env
 
 
-def timed_child(cmd: list[str], env: dict, log: Path, quiet: bool = True) -> dict:
-    """Runs `cmd`; the whole process's CPU seconds (rusage) and wall seconds, and the marks it logged."""
+def timed_child(cmd: list[str], env: dict, log: Path, quiet: bool = True, timeout: float | None = None) -> dict:
+    """Runs `cmd`; the whole process's CPU seconds (rusage) and wall seconds, and the marks it logged. Past
+    `timeout` seconds the child is killed and RuntimeError raised."""
     log.unlink(missing_ok=True)
     env = dict(env, TI_BENCH_LOG=str(log))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     out = subprocess.DEVNULL if quiet else None
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.PIPE if quiet else None, text=True)
-    _, err = proc.communicate()
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError(f"stopped at the time budget ({timeout:.0f} s)") from None
     wall = time.time() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
