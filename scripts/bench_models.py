@@ -2,14 +2,15 @@
 
 The architecture, not the weights, sets the cost: SD 1.5, SDXL and Flux-dev are built from their configs at
 full size (the tiny tokenizer: token ids stay small, the tables are full size); `sd1-mid` is the mid-size
-SD1 architecture the speed issue (#11) compares on: a 256-wide 4-layer CLIP and a (64, 128, 256) UNet.
+SD1 architecture the speed issue (#11) compares on: a 256-wide 4-layer CLIP and a (64, 128, 256) UNet;
+`sd1-tiny`, `sdxl-tiny`, `flux-tiny` are the test suite's tiny pipelines (scripts/gpu_report.py --tiny).
 """
 
 from __future__ import annotations
 
 from sd_softprompt.models import tiny
 
-FAMILIES = ["sd1-mid", "sd1", "sdxl", "flux"]
+FAMILIES = ["sd1-mid", "sd1", "sdxl", "flux", "sd1-tiny", "sdxl-tiny", "flux-tiny"]
 
 
 def clip(hidden: int, layers: int, heads: int, projection: int | None = None, gelu: bool = False):
@@ -68,6 +69,8 @@ def build(family: str):
         UNet2DConditionModel,
     )
 
+    if family.endswith("-tiny"):  # the test suite's tiny pipelines: for trying scripts out on a CPU
+        return {"sd1-tiny": tiny.build_sd, "sdxl-tiny": tiny.build_sdxl, "flux-tiny": tiny.build_flux}[family]()
     if family == "sd1-mid":
         unet = UNet2DConditionModel(
             sample_size=16,

@@ -3,11 +3,25 @@
 Every run prints steps/s, samples/s, FLOPs per step (torch.utils.flop_counter), achieved TFLOP/s and, on a
 GPU with a known peak, the fraction of peak (MFU); then a per-phase profile of a few steps (torch.profiler
 ranges: text encoder forward, denoiser forward, backward, optimizer, host syncs). --against runs other
-trainers on the same pipeline, interleaved with this one (A, B, A, B, ...), and prints the median ratio.
+trainers on the same pipeline, interleaved with this one (A, B, A, B, ...), and prints the median ratio:
 
+- `--against diffusers`: diffusers' own examples/textual_inversion/textual_inversion.py, from the checkout
+  --diffusers-repo names (a work tree, a bare git repository, or the script), patched only where this
+  machine needs it (scripts/diffusers_script.py; the patches are listed in the output). The pipeline is
+  saved to a temporary folder in fp32 for it to load; it and this package's trainer each run as a whole
+  child process per round, and the figure is CPU (and wall) seconds per step between the clock readings
+  after step --first-mark and after the last step; the whole processes' seconds (imports, loading, set-up
+  included) are reported beside it.
+- `--against diffusers-like`: the re-implementation of that script's per-step work in
+  scripts/bench_reference.py, in this process (labelled "diffusers-like recipe" in the output).
+- `--against REV`: this package's trainer at a git revision, in this process.
+
+    python scripts/benchmark_train.py --model toyworld --mode images --resolution 64 --vectors 1 --steps 30 \\
+        --threads 1 --profile-steps 0 --against diffusers --diffusers-repo ~/diffusers --rounds 5
+    python scripts/benchmark_train.py --family sd1-mid --mode images --resolution 128 --vectors 1 --steps 15 \\
+        --threads 1 --profile-steps 0 --against diffusers --diffusers-repo ~/diffusers --rounds 5
     python scripts/benchmark_train.py --family sd1-mid --mode images --resolution 128 --vectors 1 --steps 3 \\
-        --threads 1 --against 5dfed1b --against diffusers --rounds 7              # the README's CPU figures
-    python scripts/benchmark_train.py --family sd1 --mode images --device cuda --dtype bf16 --against diffusers
+        --threads 1 --against 5dfed1b --against diffusers-like --rounds 7     # in-process references
     python scripts/benchmark_train.py --family flux --mode text --loss denoiser --device cuda --dtype bf16
     python scripts/benchmark_train.py --model path/to/pipeline --mode images --device cuda   # any pipeline
 """
@@ -187,8 +201,10 @@ def interleaved(pipe, args, tmp: Path, images: Path | None) -> dict:
     runners = {"this tree": trainer(train, TrainConfig, objectives)}
     for ref in args.against:
         if ref == "diffusers":
+            continue  # separate child processes: against_script
+        if ref == "diffusers-like":
             pics = sorted(images.glob("*.png"))
-            runners["diffusers-script-like recipe"] = lambda pics=pics: diffusers_like_steps(
+            runners["diffusers-like recipe (re-implementation)"] = lambda pics=pics: diffusers_like_steps(
                 pipe, pics, args.steps, args.batch_size, args.resolution
             )
         else:
@@ -217,6 +233,103 @@ def interleaved(pipe, args, tmp: Path, images: Path | None) -> dict:
     return out
 
 
+def against_script(pipe, args, tmp: Path, images: Path) -> dict:
+    """diffusers' own script and this package's trainer, each a child process per round, interleaved."""
+    import dataclasses
+
+    from diffusers_script import (
+        child_env,
+        model_folder,
+        ours_command,
+        per_step,
+        prepare,
+        save_pipeline,
+        script_command,
+        timed_child,
+    )
+
+    if args.mode != "images":
+        raise SystemExit("--against diffusers: diffusers' script trains on pictures: --mode images")
+    if not args.diffusers_repo:
+        raise SystemExit("--against diffusers needs --diffusers-repo (a diffusers checkout, or the script)")
+    runner, patches = prepare(args.diffusers_repo, tmp / "diffusers-script")
+    model = tmp / "pipeline"
+    notes = save_pipeline(pipe, model, model_folder(args.model))
+    env = child_env(args.threads)
+    first, last = args.first_mark, args.steps
+    cfg = dataclasses.asdict(config(args, tmp, images, last))
+    cfg |= {"model": str(model), "target": None, "init": "hard", "warmup": TrainConfig.warmup, "checkpoint_every": 0}
+    cfg |= {"mixed_precision": {"fp32": "no"}.get(args.dtype, args.dtype)}
+    mp = {"fp32": "no"}.get(args.dtype, args.dtype)
+    commands = {
+        "this tree": ours_command(cfg, tmp / "ours.log", setup={"threads": args.threads}),
+        "diffusers' script": script_command(
+            runner,
+            model,
+            images,
+            tmp / "script-out",
+            last,
+            args.batch_size,
+            args.resolution,
+            save_steps=first,
+            initializer=args.initializer,
+            vectors=args.vectors,
+            mixed_precision=mp,
+        ),
+    }
+    if args.short_steps:  # the same two at --short-steps steps: per step from whole processes' differences
+        short = dict(cfg, steps=args.short_steps)
+        commands["this tree, short"] = ours_command(short, tmp / "ours.log", setup={"threads": args.threads})
+        cmd = list(commands["diffusers' script"])
+        cmd = [f"--max_train_steps={args.short_steps}" if c.startswith("--max_train_steps=") else c for c in cmd]
+        commands["diffusers' script, short"] = [
+            f"--save_steps={args.short_steps}" if c.startswith("--save_steps=") else c for c in cmd
+        ]
+    logs = {name: tmp / ("ours.log" if name.startswith("this") else "script.log") for name in commands}
+    runs: dict[str, list[dict]] = {name: [] for name in commands}
+    for r in range(args.rounds):
+        for name, cmd in commands.items():
+            res = timed_child(cmd, env, logs[name])
+            if name.endswith(", short"):
+                runs[name].append({"process_cpu_s": res["cpu_s"], "process_wall_s": res["wall_s"]})
+                print(f"round {r + 1}: {name}: process {res['cpu_s']:.1f} CPU s", flush=True)
+                continue
+            cpu, wall = per_step(res["marks"], first, last)
+            runs[name].append({"cpu_s_per_step": cpu, "wall_s_per_step": wall, "process_cpu_s": res["cpu_s"]})
+            runs[name][-1]["threads"] = res.get("threads") or next(
+                (m["threads"] for m in res["marks"] if "threads" in m), None
+            )
+            print(f"round {r + 1}: {name}: {cpu:.4f} CPU s/step, process {res['cpu_s']:.1f} CPU s", flush=True)
+    notes.append(f"both children run with OMP_NUM_THREADS={args.threads} (--threads)" if args.threads else "")
+    out: dict = {"patches": patches, "pipeline_notes": [n for n in notes if n], "steps": [first, last]}
+    out["commands"] = {k: " ".join(v) for k, v in commands.items()}
+    ours = runs["this tree"]
+    for name in [n for n in runs if n.endswith(", short")]:
+        long, short = runs.pop(name.removesuffix(", short")), runs.pop(name)
+        n = last - args.short_steps
+        diffs = [(a["process_cpu_s"] - b["process_cpu_s"]) / n for a, b in zip(long, short)]
+        out[f"{name.removesuffix(', short')}: whole processes, {args.short_steps} vs {last} steps"] = {
+            "cpu_s_per_step_median": statistics.median(diffs),
+            "all": diffs,
+            "short_process_cpu_s": [b["process_cpu_s"] for b in short],
+        }
+        runs[name.removesuffix(", short")] = long
+    for name, rs in runs.items():
+        cpu = [r["cpu_s_per_step"] for r in rs]
+        out[name] = {
+            "cpu_s_per_step_median": statistics.median(cpu),
+            "cpu_s_per_step_min_max": [min(cpu), max(cpu)],
+            "wall_s_per_step_median": statistics.median(r["wall_s_per_step"] for r in rs),
+            "process_cpu_s_median": statistics.median(r["process_cpu_s"] for r in rs),
+            "paired_ratio_vs_this_tree": sorted(r["cpu_s_per_step"] / o["cpu_s_per_step"] for r, o in zip(rs, ours)),
+            "all": rs,
+        }
+    ratios = out["diffusers' script"]["paired_ratio_vs_this_tree"]
+    out["cpu_ratio_median"] = statistics.median(ratios)
+    out["cpu_ratio_min_max"] = [min(ratios), max(ratios)]
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", choices=FAMILIES, default="sd1-mid")
@@ -235,7 +348,16 @@ def main() -> None:
     p.add_argument("--compile-blocks", action="store_true", help="torch.compile the denoiser's repeated blocks")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--profile-steps", type=int, default=4, help="steps in the per-phase profile (0: none)")
-    p.add_argument("--against", action="append", default=[], help="a git revision of this repo, or 'diffusers'")
+    p.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        help="'diffusers' (its own script, --diffusers-repo), 'diffusers-like' (the re-implementation), or a git rev",
+    )
+    p.add_argument("--diffusers-repo", help="--against diffusers: a diffusers checkout (or bare repo, or the script)")
+    p.add_argument("--initializer", default="photo", help="--against diffusers: the script's --initializer_token")
+    p.add_argument("--short-steps", type=int, help="--against diffusers: also whole processes at this many steps")
+    p.add_argument("--first-mark", type=int, default=3, help="--against diffusers: per step from this step's end")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds for --against")
     p.add_argument("--peak-tflops", type=float, help="the device's peak, for MFU (default: a table of GPUs)")
     p.add_argument("--json")
@@ -279,8 +401,10 @@ def main() -> None:
             out["achieved_tflops"] = flops["per_step"] * m["steps_per_s"] / 1e12
             peak = args.peak_tflops or peak_tflops(args.device, args.dtype)
             out["mfu"] = out["achieved_tflops"] / peak if peak else None
-        if args.against:
+        if any(a != "diffusers" for a in args.against):
             out["interleaved"] = interleaved(pipe, args, tmp, images)
+        if "diffusers" in args.against:
+            out["against_diffusers_script"] = against_script(pipe, args, tmp, images)
     out["load_average"] = os.getloadavg()
     print(json.dumps(out, indent=2))
     if args.json:

@@ -19,6 +19,21 @@ final F, the first step from which F stays within 0.05 of the final F ("settled"
 which F reaches the lower of the two runs' final F ("common"), each with the training process's CPU
 seconds to it (set-up included: latent cache, target pool) and wall seconds. CPU seconds are the figure to
 compare on a shared machine. F moves in steps of 1/(4 pictures x attributes): 1/16 here.
+
+--against diffusers --diffusers-repo PATH: images mode against diffusers' OWN textual_inversion.py
+(scripts/diffusers_script.py: patched copy, patches printed), on several never-captioned scenes
+(--scenes: UNNAMED and world.HELD_OUT[i]), --seeds training seeds each. Every run, this package's trainer
+(its defaults, 1 vector like the script's default, and the --levers) and the script (its README recipe: lr
+5e-4 x batch with --scale_lr, constant, no warm-up, --initializer-word), is a whole child process on the
+toy world saved in fp32 (the shipped text encoder is fp16, in which the script trains into NaN); each
+records its CPU seconds from process start (imports, loading and set-up included) and its vector every
+--every steps; they are judged afterwards in this process with --pictures pictures per check (seeds
+0..K-1). Per scene, the seeds' mean curve is smoothed with a running mean over --smooth checks; "best" is
+the highest smoothed F of either tool; reported: CPU seconds until each tool's smoothed curve reaches best
+- --tolerance, their ratio, and each tool's final smoothed F.
+
+    python scripts/time_to_fidelity.py --against diffusers --diffusers-repo ~/diffusers --seeds 0 1 2 \\
+        --scenes unnamed 0 --levers init-word lr=2e-3
 """
 
 from __future__ import annotations
@@ -198,6 +213,180 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def lever(name: str, word: str) -> tuple[str, dict]:
+    """A lever's label and its TrainConfig changes: init-word, warmup=N, lr=X, batch=N."""
+    if name == "defaults":
+        return "this package (defaults)", {}
+    if name == "init-word":
+        return f"this package, init from '{word}'", {"init": "words", "init_words": word}
+    key, value = name.split("=")
+    field = {"lr": "lr", "warmup": "warmup", "batch": "batch_size"}[key]
+    return f"this package, {key} {value}", {field: type(getattr(TrainConfig, field))(float(value))}
+
+
+def scene_of(name: str):
+    from sd_softprompt.models.toyworld.world import HELD_OUT
+
+    return UNNAMED if name == "unnamed" else HELD_OUT[int(name)]
+
+
+def smooth(values: list[float], k: int) -> list[float]:
+    """Running mean over the last k values (fewer at the start)."""
+    return [statistics.mean(values[max(0, i - k + 1) : i + 1]) for i in range(len(values))]
+
+
+def against_script(args) -> dict:
+    """Images mode: this package's trainer (defaults and levers) against diffusers' own script, whole child
+    processes, judged afterwards."""
+    from diffusers_script import child_env, ours_command, prepare, save_pipeline, script_command, timed_child
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    pipe = load_pipeline(args.model, device="cpu", progress=False)
+    pipe.set_progress_bar_config(disable=True)
+    tok = pipe.tokenizer
+    tok.add_tokens(["<judged>"])
+    pipe.text_encoder.resize_token_embeddings(len(tok))
+    row = tok.convert_tokens_to_ids("<judged>")
+    table = pipe.text_encoder.get_input_embeddings().weight
+    seeds = list(range(args.pictures))
+    results: dict = {"patches": None, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        runner, results["patches"] = prepare(args.diffusers_repo, tmp / "script")
+        from diffusers_script import model_folder
+
+        fp32 = load_pipeline(args.model, device="cpu", dtype="fp32", progress=False)
+        results["pipeline_notes"] = save_pipeline(fp32, tmp / "model", model_folder(args.model))
+        del fp32
+        env = child_env(1)
+        for scene_name in args.scenes:
+            scene = scene_of(scene_name)
+            reference = sorted(scene.attributes)
+            folder = tmp / f"pictures-{scene.key()}"
+            folder.mkdir()
+            for i in range(8):
+                render(scene, 100_000 + i).save(folder / f"{i}.png")
+            for seed in args.seeds:
+                jobs = {}
+                for name in ["defaults", *args.levers]:
+                    label, changes = lever(name, args.initializer_word)
+                    cfg = {
+                        "model": str(tmp / "model"),
+                        "out": str(tmp / "ours.safetensors"),
+                        "mode": "images",
+                        "images": str(folder),
+                        "vectors": args.vectors,
+                        "steps": args.steps_images,
+                        "seed": seed,
+                        "resolution": 64,
+                        "progress": False,
+                        "checkpoint_every": 0,
+                        **changes,
+                    }
+                    every = list(range(args.every, args.steps_images + 1, args.every))
+                    jobs[label] = ("ours", ours_command(cfg, tmp / "ours.log", save_at=every, setup={"threads": 1}))
+                out = tmp / "script-out"
+                jobs["diffusers' script"] = (
+                    "script",
+                    script_command(
+                        runner,
+                        tmp / "model",
+                        folder,
+                        out,
+                        args.recipe_steps_images,
+                        4,
+                        64,
+                        save_steps=args.every,
+                        initializer=args.initializer_word,
+                        seed=seed,
+                        vectors=args.vectors,
+                    ),
+                )
+                for label, (kind, cmd) in jobs.items():
+                    log = tmp / f"{kind}.log"
+                    res = timed_child(cmd, env, log)
+                    cpu_at = {m["at"]: m["cpu_s"] for m in res["marks"]}
+                    if kind == "ours":
+                        vectors = load_file(str(log) + ".vectors.safetensors")
+                    else:
+                        vectors = {
+                            k: load_file(str(out / f"learned_embeds-steps-{k}.safetensors"))["<concept>"]
+                            for k in cpu_at
+                            if k.isdigit()
+                        }
+                    curve = []
+                    for step in sorted((int(k) for k in vectors), key=int):
+                        with torch.no_grad():
+                            table[row] = vectors[str(step)][0].to(table.dtype)
+                        f = fid.fidelity(fid.draw(pipe, "<judged>", seeds=seeds), reference)
+                        curve.append({"step": step, "F": f, "cpu_s": cpu_at[str(step)]})
+                    run = {"curve": curve, "process_cpu_s": res["cpu_s"], "start_cpu_s": cpu_at["start"]}
+                    results["runs"].setdefault(scene.key(), {}).setdefault(label, {})[seed] = run
+                    if args.json:  # after every run: a long study stopped early keeps what it measured
+                        Path(args.json).write_text(json.dumps({"args": vars(args), **results}, indent=1) + "\n")
+                    print(
+                        f"{scene.key()} seed {seed} {label}: F {[round(p['F'], 2) for p in curve]} "
+                        f"({res['cpu_s']:.0f} CPU s process)",
+                        flush=True,
+                    )
+    results["summary"] = summarise(results["runs"], args.smooth, args.tolerance)
+    return results
+
+
+def summarise(runs: dict, k: int, tolerance: float) -> dict:
+    out = {}
+    for scene, tools in runs.items():
+        means = {}
+        for label, per_seed in tools.items():
+            curves = list(per_seed.values())
+            n = min(len(c["curve"]) for c in curves)
+            steps = [c["curve"][i]["step"] for i in range(n) for c in curves[:1]]
+            f = [statistics.mean(c["curve"][i]["F"] for c in curves) for i in range(n)]
+            cpu = [statistics.mean(c["curve"][i]["cpu_s"] for c in curves) for i in range(n)]
+            means[label] = {"steps": steps, "F_smoothed": smooth(f, k), "cpu_s": cpu, "F_raw": f}
+        best = max(max(m["F_smoothed"]) for m in means.values())
+        scene_out = {"best_F": best, "target_F": best - tolerance, "tools": {}}
+        for label, m in means.items():
+            hit = next((i for i, v in enumerate(m["F_smoothed"]) if v >= best - tolerance - 1e-9), None)
+            scene_out["tools"][label] = {
+                "final_F": m["F_smoothed"][-1],
+                "max_F": max(m["F_smoothed"]),
+                "step_to_target": m["steps"][hit] if hit is not None else None,
+                "cpu_s_to_target": m["cpu_s"][hit] if hit is not None else None,
+                "curve": list(
+                    zip(m["steps"], [round(v, 3) for v in m["F_smoothed"]], [round(c, 1) for c in m["cpu_s"]])
+                ),
+            }
+        script = scene_out["tools"].get("diffusers' script", {}).get("cpu_s_to_target")
+        script_end = means["diffusers' script"]["cpu_s"][-1] if "diffusers' script" in means else None
+        for label, t in scene_out["tools"].items():
+            if t["cpu_s_to_target"] and label != "diffusers' script":
+                t["script_cpu_s_over_this"] = script / t["cpu_s_to_target"] if script else None
+                if not script and script_end:  # the script never got there: at least its whole run
+                    t["script_cpu_s_over_this_at_least"] = script_end / t["cpu_s_to_target"]
+        out[scene] = scene_out
+    return out
+
+
+def against_markdown(summary: dict, tolerance: float) -> str:
+    lines = [
+        f"| scene | run | best F (either) | CPU s to best - {tolerance:g} | at step | script's CPU s / this | final F |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for scene, s in summary.items():
+        for label, t in s["tools"].items():
+            cpu = f"{t['cpu_s_to_target']:.0f}" if t["cpu_s_to_target"] else "not reached"
+            ratio = t.get("script_cpu_s_over_this")
+            least = t.get("script_cpu_s_over_this_at_least")
+            shown = f"{ratio:.2f}x" if ratio else f"> {least:.2f}x (script never reached it)" if least else "–"
+            lines.append(
+                f"| {scene} | {label} | {s['best_F']:.3f} | {cpu} | {t['step_to_target'] or '–'} | "
+                f"{shown} | {t['final_F']:.3f} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toyworld")
@@ -212,7 +401,25 @@ def main(argv=None) -> None:
     p.add_argument("--every-text", type=int, default=10)
     p.add_argument("--snr-gamma", type=float, help="images mode: also the defaults with min-SNR weighting")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--against", choices=["diffusers"], help="images mode against diffusers' own script")
+    p.add_argument("--diffusers-repo", help="--against diffusers: a diffusers checkout, bare repo, or the script")
+    p.add_argument("--scenes", nargs="+", default=["unnamed", "0"], help="'unnamed' or an index of world.HELD_OUT")
+    p.add_argument(
+        "--levers", nargs="*", default=[], help="init-word, lr=X, warmup=N, batch=N (ours, besides defaults)"
+    )
+    p.add_argument("--initializer-word", default="landscape", help="the script's --initializer_token")
+    p.add_argument("--pictures", type=int, default=8, help="--against: pictures per check")
+    p.add_argument("--smooth", type=int, default=3, help="--against: running mean over this many checks")
+    p.add_argument("--tolerance", type=float, default=0.0, help="--against: the target is best F minus this")
     args = p.parse_args(argv)
+    if args.against:
+        res = against_script(args)
+        print(json.dumps(res["summary"], indent=1))
+        print("patches:", *res["patches"], *res["pipeline_notes"], sep="\n- ")
+        print(against_markdown(res["summary"], args.tolerance))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"args": vars(args), **res}, indent=1, default=str) + "\n")
+        return
     torch.set_num_threads(1)
     pipe = load_pipeline(args.model, device="cpu", progress=False)
     pipe.set_progress_bar_config(disable=True)
