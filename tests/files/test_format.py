@@ -60,7 +60,7 @@ def test_constants():
     # built from the family table: every family's keys, each once, in registration order
     from sd_softprompt.families import FAMILIES
 
-    assert ENCODER_KEYS == tuple(dict.fromkeys(e.key for f in FAMILIES.values() for e in f.encoders))
+    assert tuple(dict.fromkeys(e.key for f in FAMILIES.values() for e in f.encoders)) == ENCODER_KEYS
     assert ENCODER_KEYS[:4] == ("clip_l", "clip_h", "clip_g", "t5xxl")
     assert FORMATS == ("native", "diffusers", "a1111", "kohya", "onetrainer")
     assert MAX_VECTORS == 75 and UNASSIGNED == "*" and FORMAT_VERSION == "sd-softprompt/1"
