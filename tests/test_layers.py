@@ -17,7 +17,17 @@ import sd_softprompt
 # (folder, its modules' rows, lowest first). "" is the package's own top level.
 LAYERS: list[tuple[str, list[set[str]]]] = [
     ("", [{"errors"}, {"__init__"}]),  # typed errors; the facade (errors eagerly, the rest lazily)
-    ("families", [{"base"}, {"clip", "llm"}, {"sd"}, {"sdxl", "sd3", "flux", "sana"}, {"lumina2"}, {"__init__"}]),
+    (
+        "families",
+        [
+            {"base"},
+            {"clip", "llm"},
+            {"sd"},
+            {"sdxl", "sd3", "flux", "sana"},
+            {"lumina2", "qwen_image", "flux2_klein"},
+            {"__init__"},
+        ],
+    ),
     (
         "files",
         [

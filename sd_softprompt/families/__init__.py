@@ -12,7 +12,9 @@ from ..errors import UnsupportedPipelineError
 from .base import Cond, Encoder, Family, fits_window, prediction_type, prompt_tokens
 from .clip import CHUNK, chunk_token_ids
 from .flux import FLUX
+from .flux2_klein import FLUX2_KLEIN, FLUX2_KLEIN_9B
 from .lumina2 import LUMINA2
+from .qwen_image import QWEN_IMAGE
 from .sana import SANA
 from .sd import SD1, SD2
 from .sd3 import SD3
@@ -35,6 +37,7 @@ __all__ = [
 FAMILIES: dict[str, Family] = {f.name: f for f in (SD1, SD2, SDXL, SD3, FLUX)}
 # decoder-only (LLM) text encoders
 FAMILIES |= {f.name: f for f in (SANA, LUMINA2)}
+FAMILIES |= {f.name: f for f in (QWEN_IMAGE, FLUX2_KLEIN, FLUX2_KLEIN_9B)}  # Qwen encoders
 
 
 def families_of_class(class_name: str | None) -> list[Family]:
