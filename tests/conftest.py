@@ -41,6 +41,22 @@ def sd3():
     return tiny.build_sd3()
 
 
+# T5-only families (Chroma, PixArt-Sigma) and HiDream
+@pytest.fixture
+def chroma():
+    return tiny.build_chroma()
+
+
+@pytest.fixture
+def pixart_sigma():
+    return tiny.build_pixart_sigma()
+
+
+@pytest.fixture
+def hidream():
+    return tiny.build_hidream()
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     """Tiny pipelines saved with save_pretrained, built once per session, by family."""

@@ -18,6 +18,9 @@ WRITABLE = {
     "sdxl": ["native", "diffusers", "a1111", "kohya", "onetrainer"],
     "flux": ["native", "diffusers", "onetrainer"],
     "sd3": ["native", "onetrainer"],  # ComfyUI (native keys) and OneTrainer ("t5") hold SD3 files
+    "chroma": ["native", "diffusers", "onetrainer"],  # T5-only families
+    "pixart_sigma": ["native", "onetrainer"],
+    "hidream": ["native", "onetrainer"],  # ComfyUI (native keys) and OneTrainer ("t5", the others as ours)
 }
 CASES = [(f, fmt) for f, fmts in WRITABLE.items() for fmt in fmts]
 

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, list[set[str]]]] = [
             {"base"},
             {"clip", "llm"},
             {"sd"},
-            {"sdxl", "sd3", "flux", "sana"},
+            {"sdxl", "sd3", "flux", "sana", "chroma", "pixart", "hidream"},
             {"lumina2", "qwen_image", "flux2_klein"},
             {"__init__"},
         ],

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from ..errors import UnsupportedPipelineError
 from .base import Cond, Encoder, Family, fits_window, prediction_type, prompt_tokens
+from .chroma import CHROMA
 from .clip import CHUNK, chunk_token_ids
 from .flux import FLUX
 from .flux2_klein import FLUX2_KLEIN, FLUX2_KLEIN_9B
+from .hidream import HIDREAM
 from .lumina2 import LUMINA2
+from .pixart import PIXART_SIGMA
 from .qwen_image import QWEN_IMAGE
 from .sana import SANA
 from .sd import SD1, SD2
@@ -37,6 +40,8 @@ __all__ = [
 FAMILIES: dict[str, Family] = {f.name: f for f in (SD1, SD2, SDXL, SD3, FLUX)}
 # decoder-only (LLM) text encoders
 FAMILIES |= {f.name: f for f in (SANA, LUMINA2)}
+FAMILIES |= {f.name: f for f in (CHROMA, PIXART_SIGMA)}  # T5-only families
+FAMILIES |= {f.name: f for f in (HIDREAM,)}
 FAMILIES |= {f.name: f for f in (QWEN_IMAGE, FLUX2_KLEIN, FLUX2_KLEIN_9B)}  # Qwen encoders
 
 

@@ -51,6 +51,7 @@ class Family:
     # follows the tokenizer's start token, and the window is model_max_length less the tokenizer's specials.
     prompt_span: Callable[[Any, str], tuple[int, int]] | None = None
     prompt_window: Callable[[Any], int] | None = None
+    lowercases_prompts: bool = False  # the pipeline lowercases prompts (PixArt): a token with capitals never matches
     # (pipe, images [B, 3, H, W] in [-1, 1]) -> the latents the denoiser works on, for VAEs whose latents the
     # pipeline normalises its own way (per-channel mean/std, batch-norm statistics, patchified). None: the VAE's
     # mode, shifted by its shift_factor and scaled by its scaling_factor.

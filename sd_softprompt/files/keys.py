@@ -33,7 +33,7 @@ for _key, _width in REAL_WIDTHS.items():
 
 # A file's encoder keys name its family only when they are exactly one family's: a t5xxl-only file could be
 # Flux's or SD3's, and its family then comes from the pipeline it is loaded into (or its metadata).
-# Key sets two families share (gemma2_2b: Sana and Lumina 2) name neither.
+# Key sets two families share (gemma2_2b: Sana and Lumina 2; t5xxl: Chroma and PixArt-Sigma) name neither.
 _KEY_SETS = [frozenset(f.keys) for f in FAMILIES.values()]
 FAMILY_BY_KEYS = {frozenset(f.keys): f.name for f in FAMILIES.values() if _KEY_SETS.count(frozenset(f.keys)) == 1}
 

@@ -195,13 +195,20 @@ def _write_diffusers_multi(prompt: Storable, path: Path) -> list[Path]:
     return _keyed_writer(_T5_AS_T5, _in_diffusers_file)(prompt, path)
 
 
+def _write_onetrainer_single(prompt: Storable, path: Path) -> list[Path]:
+    # OneTrainer keys a one-encoder embedding "emp_params" (sic) for SD 1.x/2.x, "t5" for its T5-only models
+    if set(prompt.vectors) == {"t5xxl"}:
+        return _keyed_writer(_T5_AS_T5, _in_file)(prompt, path)
+    return _single_key_writer("emp_params")(prompt, path)
+
+
 # Which families a format may hold is the family table's `formats`; here only how each format lays them out.
 _LAYOUT_WRITERS: dict[str, dict[str, _Writer]] = {
     "diffusers": {"single": _write_diffusers_single, "multi": _write_diffusers_multi},
     "a1111": {"single": _write_a1111_pt, "multi": _keyed_writer(_SAME_KEYS, _in_file)},
     "kohya": {"single": _single_key_writer("emb_params"), "multi": _keyed_writer(_SAME_KEYS, _in_file)},
     "onetrainer": {
-        "single": _single_key_writer("emp_params"),  # sic: OneTrainer's key
+        "single": lambda prompt, path: _write_onetrainer_single(prompt, path),
         "multi": _keyed_writer(_T5_AS_T5, _in_file),
     },
 }

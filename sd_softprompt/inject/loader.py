@@ -20,7 +20,14 @@ from ..families import Encoder, Family, detect_family
 from ..files.convert import load_all
 from ..files.keys import UNASSIGNED
 from ..files.softprompt import SoftPrompt
-from .token_checks import check_fits_dtype, check_shadowing, check_token_names, present_tokens, shadowed_word
+from .token_checks import (
+    check_fits_dtype,
+    check_lowercase,
+    check_shadowing,
+    check_token_names,
+    present_tokens,
+    shadowed_word,
+)
 from .vocab import add_rows, encoder_states, encoder_width, loaded_tokens, restore_encoder, token_ids
 
 # Re-exported: the loader is where callers look for these.
@@ -133,6 +140,7 @@ def _plan(
     if len(tokens) != soft.num_vectors or len(set(tokens)) != len(tokens):
         raise TokenCollisionError(f"{name}: need {soft.num_vectors} distinct token names, got {listed(tokens)}")
     check_token_names(tokens, name)
+    check_lowercase(family, tokens, name)
     if not allow_shadowing:
         check_shadowing(pipe, family, tokens, name)
     for encoder, vectors in pairs:

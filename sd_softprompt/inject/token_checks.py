@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from ..errors import InvalidVectorsError, TokenCollisionError, shorten
+from ..errors import InvalidVectorsError, TokenCollisionError, listed, shorten
 from ..families import Encoder, Family
 
 
@@ -31,6 +31,16 @@ def check_token_names(tokens: list[str], source: str = "soft prompt") -> None:
                 f"{source}: token {shorten(repr(token), 40)} contains whitespace; it would claim the words around "
                 f"the space and other tools cannot match it: use one word such as <{_word_chars(token)}> or [v{i + 1}]"
             )
+
+
+def check_lowercase(family: Family, tokens: list[str], source: str = "soft prompt") -> None:
+    """Refuse tokens with capitals where the pipeline lowercases every prompt: they could never match."""
+    upper = [t for t in tokens if t != t.lower()]
+    if family.lowercases_prompts and upper:
+        raise TokenCollisionError(
+            f"{source}: tokens {listed(upper)} have capitals, but the {family.title} pipeline lowercases every "
+            f"prompt, so they would never match; use lowercase names such as {listed([t.lower() for t in upper])}"
+        )
 
 
 def _word_chars(token: str) -> str:

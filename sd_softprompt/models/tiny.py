@@ -18,7 +18,10 @@ from .tiny_text import WORDS, clip_text_config, clip_tokenizer, clip_vocab_and_m
 __all__ = [
     "WORDS",
     "BUILDERS",
+    "build_chroma",
     "build_flux",
+    "build_hidream",
+    "build_pixart_sigma",
     "build_sd",
     "build_sd3",
     "build_sdxl",
@@ -254,6 +257,147 @@ def build_flux(seed: int = 0):
     )
 
 
+# ---------------------------------------------------------------- T5-only families: Chroma, PixArt-Sigma
+def build_chroma(seed: int = 0):
+    """A tiny ChromaPipeline: a T5 encoder (48 wide) and a Flux-like transformer with Chroma's approximator in
+    place of the pooled CLIP vector and the guidance embedding."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    tokenizer = t5_tokenizer()
+    transformer = ChromaTransformer2DModel(
+        patch_size=1,
+        in_channels=16,  # 4 latent channels packed 2x2
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=48,
+        axes_dims_rope=(4, 4, 8),
+        approximator_num_channels=16,
+        approximator_hidden_dim=32,
+        approximator_layers=1,
+    )
+    vae = _vae(
+        latent_channels=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035
+    )
+    return _eval(
+        ChromaPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False),
+            vae=vae,
+            text_encoder=_t5(len(tokenizer), 48),
+            tokenizer=tokenizer,
+            transformer=transformer,
+        )
+    )
+
+
+def build_pixart_sigma(seed: int = 0):
+    """A tiny PixArtSigmaPipeline: a T5 encoder (40 wide) and a PixArt DiT (cross-attention, AdaLN-single,
+    learned variance), with the DPM-Solver scheduler the real one ships with."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    torch.manual_seed(seed)
+    tokenizer = t5_tokenizer()
+    transformer = PixArtTransformer2DModel(
+        sample_size=8,  # 64 px images
+        num_layers=1,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        in_channels=4,
+        out_channels=8,  # epsilon and the learned variance
+        cross_attention_dim=16,
+        caption_channels=40,
+        norm_num_groups=4,
+    )
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon"
+    )
+    return _eval(
+        PixArtSigmaPipeline(
+            tokenizer=tokenizer,
+            text_encoder=_t5(len(tokenizer), 40),
+            vae=_vae(),
+            transformer=transformer,
+            scheduler=scheduler,
+        )
+    )
+
+
+# ---------------------------------------------------------------- HiDream
+def build_hidream(seed: int = 0):
+    """A tiny HiDreamImagePipeline: CLIP-L-like (32 wide) and bigG-like (48 wide) with projections and the
+    legacy eos id, at HiDream's 128 CLIP positions; T5 (40 wide); a Llama 3-like decoder (24 wide, 2 layers,
+    byte-level BPE) whose every layer's states the transformer takes; a 1+1-block MoE transformer."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImagePipeline, HiDreamImageTransformer2DModel
+    from transformers import CLIPTextModelWithProjection, LlamaConfig, LlamaForCausalLM
+
+    from .tiny_text import llama_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2, tokenizer_3 = clip_tokenizer(), clip_tokenizer(pad_token="!"), t5_tokenizer()
+    tokenizer_4 = llama_tokenizer()
+    w1, w2, w3, w4, proj = 32, 48, 40, 24, 16
+    clips = []
+    for tok, width, gelu in ((tokenizer, w1, False), (tokenizer_2, w2, True)):
+        config = clip_text_config(len(tok), width, gelu=gelu, projection=proj)
+        config.max_position_embeddings = 128  # HiDream pads CLIP prompts to 128 (its CLIPs are long-context)
+        clips.append(CLIPTextModelWithProjection(config))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer_4),
+            hidden_size=w4,
+            intermediate_size=2 * w4,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=tokenizer_4.bos_token_id,
+            eos_token_id=tokenizer_4.eos_token_id,
+            attn_implementation="eager",  # the pipeline asks for the attentions
+        )
+    )
+    transformer = HiDreamImageTransformer2DModel(
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        caption_channels=[w3, w4],
+        text_emb_dim=2 * proj,
+        num_routed_experts=2,
+        num_activated_experts=1,
+        axes_dims_rope=(4, 2, 2),
+        max_resolution=(16, 16),
+        llama_layers=[0, 1],  # one Llama layer's states per block (the real model: 48 picks of its 32 layers)
+    )
+    vae = _vae(
+        latent_channels=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5305
+    )
+    pipe = _eval(
+        HiDreamImagePipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=vae,
+            text_encoder=clips[0],
+            tokenizer=tokenizer,
+            text_encoder_2=clips[1],
+            tokenizer_2=tokenizer_2,
+            text_encoder_3=_t5(len(tokenizer_3), w3),
+            tokenizer_3=tokenizer_3,
+            text_encoder_4=llama,
+            tokenizer_4=tokenizer_4,
+            transformer=transformer,
+        )
+    )
+    # The pipeline draws every image at this area (the size asked sets only the aspect): 64 px, not 1024.
+    # An instance attribute, as in diffusers: a saved and reloaded tiny HiDream draws at 1024 px again.
+    pipe.default_sample_size = 8
+    return pipe
+
+
 BUILDERS = {
     "sd1": lambda seed=0: build_sd(1, seed),
     "sd2": lambda seed=0: build_sd(2, seed),
@@ -261,6 +405,8 @@ BUILDERS = {
     "flux": build_flux,
     "sd3": build_sd3,
 }
+BUILDERS |= {"chroma": build_chroma, "pixart_sigma": build_pixart_sigma}  # T5-only families
+BUILDERS["hidream"] = build_hidream
 
 
 def _eval(pipe):

@@ -220,3 +220,36 @@ def clip_text_config(vocab_size: int, hidden: int, *, gelu: bool = False, projec
         eos_token_id=2,
         pad_token_id=1,
     )
+
+
+# ---------------------------------------------------------------- Llama 3 (HiDream's fourth encoder)
+LLAMA_BOS, LLAMA_EOS, LLAMA_EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
+
+
+def llama_tokenizer(model_max_length: int = 131072):
+    """A byte-level BPE tokenizer like Llama 3's: spaces as "Ġ" inside the following word's token, whole-word
+    merges for WORDS (with and without the space), <|begin_of_text|> prepended, the special tokens last."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(_bytes_to_unicode().values())}
+    ranks: dict[tuple[str, str], int] = {}
+    for word in WORDS:
+        for form in (word, "Ġ" + word):  # "Ġ": the byte-level form of a space
+            symbols = _bpe(list(form), ranks)
+            while len(symbols) > 1:
+                ranks.setdefault((symbols[0], symbols[1]), len(ranks))
+                symbols = [symbols[0] + symbols[1]] + symbols[2:]
+                vocab.setdefault(symbols[0], len(vocab))
+    merges = sorted(ranks, key=ranks.__getitem__)
+    for special in (LLAMA_BOS, LLAMA_EOS, LLAMA_EOT):
+        vocab[special] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{LLAMA_BOS} $A", pair=f"{LLAMA_BOS} $A {LLAMA_BOS} $B", special_tokens=[(LLAMA_BOS, vocab[LLAMA_BOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=LLAMA_BOS, eos_token=LLAMA_EOT, model_max_length=model_max_length
+    )

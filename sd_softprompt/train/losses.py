@@ -151,9 +151,13 @@ def noisy_and_target(pipe, family: Family, x0: torch.Tensor, noise: torch.Tensor
     if kind == "flow":
         s = t.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
         return (1 - s) * x0 + s * noise, noise - x0
-    x_t = pipe.scheduler.add_noise(x0, noise, t)
+    # The DDPM forward process the denoiser was trained on, from the schedule's alphas_cumprod: the samplers'
+    # own add_noise differ (Euler: x0 + sigma * noise, unscaled; DPM-Solver: misaligned until set_timesteps).
+    a = pipe.scheduler.alphas_cumprod.to(x0.device)[t.to(x0.device)].view(-1, *([1] * (x0.dim() - 1)))
+    a, b = a.sqrt().to(x0.dtype), (1 - a).sqrt().to(x0.dtype)
+    x_t = a * x0 + b * noise
     if kind == "v_prediction":
-        return x_t, pipe.scheduler.get_velocity(x0, noise, t)
+        return x_t, a * noise - b * x0
     if kind == "epsilon":
         return x_t, noise
     raise ValueError(f"unsupported prediction type {kind!r}")

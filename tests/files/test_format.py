@@ -57,7 +57,11 @@ def assert_same_vectors(loaded: SoftPrompt, original: SoftPrompt) -> None:
 
 
 def test_constants():
-    assert ENCODER_KEYS == ("clip_l", "clip_h", "clip_g", "t5xxl")
+    # built from the family table: every family's keys, each once, in registration order
+    from sd_softprompt.families import FAMILIES
+
+    assert ENCODER_KEYS == tuple(dict.fromkeys(e.key for f in FAMILIES.values() for e in f.encoders))
+    assert ENCODER_KEYS[:4] == ("clip_l", "clip_h", "clip_g", "t5xxl")
     assert FORMATS == ("native", "diffusers", "a1111", "kohya", "onetrainer")
     assert MAX_VECTORS == 75 and UNASSIGNED == "*" and FORMAT_VERSION == "sd-softprompt/1"
     assert default_tokens(3) == ["[v1]", "[v2]", "[v3]"]
@@ -82,8 +86,8 @@ def test_family_from_metadata_and_unknown(tmp_path):
     assert t5_only.family is None
     assert SoftPrompt.load(t5_only.save(tmp_path / "t5", "onetrainer")[0]).vectors.keys() == {"t5xxl"}
     assert SoftPrompt({"t5xxl": vectors(2, 4096)}, metadata={"family": "flux"}).family == "flux"
-    # Flux's and SD3's: only the formats both hold, unless the family is said
-    with pytest.raises(SoftPromptError, match=r"diffusers cannot hold a sd3/flux .* set metadata\['family'\]"):
+    # Flux's, SD3's, Chroma's and PixArt's: only the formats all hold, unless the family is said
+    with pytest.raises(SoftPromptError, match=r"diffusers cannot hold a sd3/flux\S* .* set metadata\['family'\]"):
         t5_only.save(tmp_path / "t5d", "diffusers")
     t5_only.metadata["family"] = "flux"
     assert t5_only.save(tmp_path / "t5d", "diffusers")[0].name == "learned_embeds.safetensors"
