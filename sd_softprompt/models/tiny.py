@@ -577,8 +577,8 @@ def build_qwen_image(seed: int = 0):
 
 def build_flux2_klein(seed: int = 0, is_distilled: bool = False):
     """A tiny Flux2KleinPipeline (a base model: guidance against the empty prompt): Qwen3 (28 layers, 32 wide,
-    so that the pipeline's layers 9, 18 and 27 exist) with Qwen3's chat template, a Flux.2 transformer, a VAE
-    with batch-norm latent statistics (8x, 2x2 patches)."""
+    so that the pipeline's layers 9, 18 and 27 exist) with Qwen3's chat template and a 48-token window, a Flux.2
+    transformer, a VAE with batch-norm latent statistics (8x, 2x2 patches)."""
     from diffusers import (
         AutoencoderKLFlux2,
         FlowMatchEulerDiscreteScheduler,
@@ -590,7 +590,7 @@ def build_flux2_klein(seed: int = 0, is_distilled: bool = False):
     from .tiny_llm import QWEN3_CHAT_TEMPLATE, QWEN3_CHAT_WORDS, qwen3_config, qwen_tokenizer
 
     torch.manual_seed(seed)
-    tokenizer = qwen_tokenizer([QWEN3_CHAT_WORDS], chat_template=QWEN3_CHAT_TEMPLATE)
+    tokenizer = qwen_tokenizer([QWEN3_CHAT_WORDS], model_max_length=48, chat_template=QWEN3_CHAT_TEMPLATE)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     text_encoder = Qwen3ForCausalLM(qwen3_config(len(tokenizer), 32, layers=28, eos_token_id=im_end))
     transformer = Flux2Transformer2DModel(

@@ -77,7 +77,7 @@ def _klein_expected(pipe, prompt: str, table: torch.Tensor, soft: dict[int, torc
     window, through Qwen3 with the mask, layers 9, 18 and 27 side by side at each position."""
     text = QWEN3_CHAT_TEMPLATE.replace("{{ message['role'] }}", "user").replace("{{ message['content'] }}", prompt)
     text = text.split("{% endfor %}")[0].split("%}")[-1] + "<|im_start|>assistant\n<think>\n\n</think>\n\n"
-    tok = pipe.tokenizer(text, padding="max_length", max_length=64, truncation=True, return_tensors="pt")
+    tok = pipe.tokenizer(text, padding="max_length", max_length=48, truncation=True, return_tensors="pt")  # tiny
     out = pipe.text_encoder(
         inputs_embeds=_embed(tok.input_ids[0], table, soft),
         attention_mask=tok.attention_mask,

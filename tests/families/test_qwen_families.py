@@ -75,7 +75,7 @@ def test_predict_is_the_pipelines_own_denoising_step(name, request):
         after = _one_step(pipe, pipe._pack_latents(x, b, c, h, w), prompt=prompt, max_sequence_length=64)
         after = pipe._unpack_latents(after, 64, 64, pipe.vae_scale_factor)[:, :, 0]
     else:  # guidance 1: no classifier-free pass
-        after = _one_step(pipe, x, prompt=prompt, guidance_scale=1.0, max_sequence_length=64)
+        after = _one_step(pipe, x, prompt=prompt, guidance_scale=1.0, max_sequence_length=48)
         after = after.permute(0, 2, 1).reshape(b, c, h, w)
     sigma, sigma_next = pipe.scheduler.sigmas[:2]
     with torch.no_grad():
@@ -117,7 +117,7 @@ def test_guidance_and_negative_prompts(qwen_image, flux2_klein):
         )
         kwargs = klein.call_kwargs(flux2_klein, "blurry")
         torch.testing.assert_close(kwargs["negative_prompt_embeds"], klein.encode(flux2_klein, ["blurry"])["states"])
-    assert kwargs["max_sequence_length"] == 64 and klein.call_kwargs(flux2_klein, None) == {"max_sequence_length": 64}
+    assert kwargs["max_sequence_length"] == 48 and klein.call_kwargs(flux2_klein, None) == {"max_sequence_length": 48}
     distilled = tiny.build_flux2_klein(is_distilled=True)
     assert klein.no_negative(distilled, 1) is None
     with pytest.raises(ConfigError, match="guidance-distilled"):
@@ -145,3 +145,12 @@ def test_klein_template_and_its_two_widths_keys(flux2_klein):
     assert FAMILY_BY_KEYS[frozenset({"qwen25_7b"})] == "qwen_image"
     # a bare tensor's key from its width: Qwen3 8B shares T5-XXL's 4096 and leaves it T5's
     assert WIDTH_TO_KEY[2560] == "qwen3_4b" and WIDTH_TO_KEY[3584] == "qwen25_7b" and WIDTH_TO_KEY[4096] == "t5xxl"
+
+
+def test_hub_ids_get_bf16_where_the_gpu_has_it():
+    from sd_softprompt.models.pipeline import _pipeline_class, resolve_dtype
+
+    # a hub id's family from its name, spelt with dashes or dots (both families prefer bf16)
+    assert _pipeline_class("Qwen/Qwen-Image", None) == "QwenImagePipeline"
+    assert resolve_dtype(None, "mps", _pipeline_class("Qwen/Qwen-Image", None)) == torch.bfloat16
+    assert resolve_dtype(None, "mps", _pipeline_class("black-forest-labs/FLUX.2-klein-4B", None)) == torch.bfloat16
