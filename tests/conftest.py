@@ -132,3 +132,14 @@ def sana():
 @pytest.fixture
 def lumina2():
     return tiny.build_lumina2()
+
+
+# ---- Qwen encoders (Qwen-Image, Flux.2 Klein) ----------------------------------------------------------------
+@pytest.fixture
+def qwen_image():
+    return tiny.build_qwen_image()
+
+
+@pytest.fixture
+def flux2_klein():
+    return tiny.build_flux2_klein()

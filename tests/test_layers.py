@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, list[set[str]]]] = [
             {"clip", "llm"},
             {"sd"},
             {"sdxl", "sd3", "flux", "sana", "chroma", "pixart", "hidream"},
-            {"lumina2"},
+            {"lumina2", "qwen_image", "flux2_klein"},
             {"__init__"},
         ],
     ),

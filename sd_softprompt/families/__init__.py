@@ -13,9 +13,11 @@ from .base import Cond, Encoder, Family, fits_window, prediction_type, prompt_to
 from .chroma import CHROMA
 from .clip import CHUNK, chunk_token_ids
 from .flux import FLUX
+from .flux2_klein import FLUX2_KLEIN, FLUX2_KLEIN_9B
 from .hidream import HIDREAM
 from .lumina2 import LUMINA2
 from .pixart import PIXART_SIGMA
+from .qwen_image import QWEN_IMAGE
 from .sana import SANA
 from .sd import SD1, SD2
 from .sd3 import SD3
@@ -40,6 +42,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (SD1, SD2, SDXL, SD3, FLUX)}
 FAMILIES |= {f.name: f for f in (SANA, LUMINA2)}
 FAMILIES |= {f.name: f for f in (CHROMA, PIXART_SIGMA)}  # T5-only families
 FAMILIES |= {f.name: f for f in (HIDREAM,)}
+FAMILIES |= {f.name: f for f in (QWEN_IMAGE, FLUX2_KLEIN, FLUX2_KLEIN_9B)}  # Qwen encoders
 
 
 def families_of_class(class_name: str | None) -> list[Family]:

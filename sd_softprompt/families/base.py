@@ -52,6 +52,11 @@ class Family:
     prompt_span: Callable[[Any, str], tuple[int, int]] | None = None
     prompt_window: Callable[[Any], int] | None = None
     lowercases_prompts: bool = False  # the pipeline lowercases prompts (PixArt): a token with capitals never matches
+    # (pipe, images [B, 3, H, W] in [-1, 1]) -> the latents the denoiser works on, for VAEs whose latents the
+    # pipeline normalises its own way (per-channel mean/std, batch-norm statistics, patchified). None: the VAE's
+    # mode, shifted by its shift_factor and scaled by its scaling_factor.
+    vae_latents: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
+    guidance_arg: str = "guidance_scale"  # the pipeline-call argument that takes the guidance scale
 
     def encoder(self, key: str) -> Encoder:
         return next(e for e in self.encoders if e.key == key)

@@ -108,7 +108,8 @@ def _pipeline_class(model: str, local: Path | None) -> str | None:
     """The pipeline class, as a dtype hint only: a local folder's model_index.json says it; for a hub
     id, a family's name in the id is taken at its word (FLUX.1-dev...) rather than asking the network twice."""
     if local is None:
-        named = [f for f in FAMILIES.values() if f.name in model.lower()]
+        bare = "".join(c for c in model.lower() if c.isalnum())  # Qwen/Qwen-Image -> qwenqwenimage
+        named = [f for f in FAMILIES.values() if f.name.replace("_", "") in bare]
         return named[0].pipelines[0] if named else None
     try:
         return json.loads((local / "model_index.json").read_text("utf-8")).get("_class_name")

@@ -518,3 +518,115 @@ def build_lumina2(seed: int = 0):
 
 
 BUILDERS["lumina2"] = build_lumina2
+
+
+# ---- Qwen encoders (Qwen-Image, Flux.2 Klein) ----------------------------------------------------------------
+def build_qwen_image(seed: int = 0):
+    """A tiny QwenImagePipeline: Qwen2.5-VL (2 layers, 32 wide, a 1-block vision tower) with a byte-level
+    tokenizer whose words include the pipeline's chat template (34 template tokens before the prompt, as on the
+    real tokenizer), a Qwen-Image MMDiT, a one-frame video VAE (8x, per-channel latent mean and std)."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from .tiny_llm import QWEN_IMAGE_TEMPLATE_WORDS, qwen2_5_vl_config, qwen_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = qwen_tokenizer([QWEN_IMAGE_TEMPLATE_WORDS])
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    text_encoder = Qwen2_5_VLForConditionalGeneration(qwen2_5_vl_config(len(tokenizer), tokenizer.pad_token_id, im_end))
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,  # 4 latent channels packed 2x2
+        out_channels=4,
+        num_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        axes_dims_rope=(4, 6, 6),
+    )
+    vae = AutoencoderKLQwenImage(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        latents_mean=[-0.76, -0.71, -0.91, 0.11],
+        latents_std=[2.82, 1.45, 2.33, 2.66],
+    )
+    # Qwen-Image's scheduler: resolution-dependent (dynamic) exponential shift
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=256,
+        base_shift=0.5,
+        max_image_seq_len=8192,
+        max_shift=0.9,
+        shift=1.0,
+        shift_terminal=0.02,
+        use_dynamic_shifting=True,
+        time_shift_type="exponential",
+    )
+    return _eval(
+        QwenImagePipeline(
+            scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+        )
+    )
+
+
+def build_flux2_klein(seed: int = 0, is_distilled: bool = False):
+    """A tiny Flux2KleinPipeline (a base model: guidance against the empty prompt): Qwen3 (28 layers, 32 wide,
+    so that the pipeline's layers 9, 18 and 27 exist) with Qwen3's chat template and a 48-token window, a Flux.2
+    transformer, a VAE with batch-norm latent statistics (8x, 2x2 patches)."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3ForCausalLM
+
+    from .tiny_llm import QWEN3_CHAT_TEMPLATE, QWEN3_CHAT_WORDS, qwen3_config, qwen_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = qwen_tokenizer([QWEN3_CHAT_WORDS], model_max_length=48, chat_template=QWEN3_CHAT_TEMPLATE)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    text_encoder = Qwen3ForCausalLM(qwen3_config(len(tokenizer), 32, layers=28, eos_token_id=im_end))
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=16,  # 4 latent channels in 2x2 patches
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=96,  # three 32-wide layers' states
+        timestep_guidance_channels=32,
+        axes_dims_rope=(4, 4, 4, 4),
+        guidance_embeds=False,
+    )
+    vae = AutoencoderKLFlux2(
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        mid_block_add_attention=False,
+        sample_size=64,
+    )
+    with torch.no_grad():  # latent statistics as a trained VAE carries them (a fresh one has 0 and 1)
+        vae.bn.running_mean.copy_(torch.linspace(-0.3, 0.3, vae.bn.num_features))
+        vae.bn.running_var.copy_(torch.linspace(0.5, 2.0, vae.bn.num_features))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, time_shift_type="exponential")
+    return _eval(
+        Flux2KleinPipeline(
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            transformer=transformer,
+            is_distilled=is_distilled,
+        )
+    )
+
+
+BUILDERS |= {"qwen_image": build_qwen_image, "flux2_klein": build_flux2_klein}

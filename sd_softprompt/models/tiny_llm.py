@@ -94,7 +94,7 @@ def gemma2_config(vocab_size: int, hidden: int = 32, layers: int = 2):
     )
 
 
-def qwen3_config(vocab_size: int, hidden: int = 32, layers: int = 2):
+def qwen3_config(vocab_size: int, hidden: int = 32, layers: int = 2, eos_token_id: int | None = None):
     from transformers import Qwen3Config
 
     return Qwen3Config(
@@ -107,6 +107,8 @@ def qwen3_config(vocab_size: int, hidden: int = 32, layers: int = 2):
         head_dim=16,
         max_position_embeddings=1024,
         tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=eos_token_id,
     )
 
 
@@ -115,3 +117,44 @@ LUMINA2_SYSTEM_WORDS = (
     "You are an assistant designed to generate superior images with the superior degree of image-text alignment "
     "based on textual prompts or user prompts. <Prompt Start>"
 )
+
+
+# ---- Qwen encoders (Qwen-Image, Flux.2 Klein) ----------------------------------------------------------------
+# QwenImagePipeline sets its chat template in __init__; its words, so that the tiny tokenizer gives the real
+# tokenizer's 34 template tokens before the prompt (prompt_template_encode_start_idx). "user" and "assistant",
+# the roles Qwen3's chat template writes, are one token each as in the real vocabulary.
+QWEN_IMAGE_TEMPLATE_WORDS = (
+    "system Describe the image by detailing the color, shape, size, texture, quantity, text, spatial relationships "
+    "of the objects and background: user assistant"
+)
+QWEN3_CHAT_WORDS = "user assistant"
+
+
+def qwen2_5_vl_config(vocab_size: int, pad_token_id: int, eos_token_id: int, hidden: int = 32, layers: int = 2):
+    """Qwen2.5-VL with a 1-block vision tower (the pipelines never run it) and multimodal rotary sections
+    that fit the 16-wide heads."""
+    from transformers import Qwen2_5_VLConfig
+
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=2048,
+            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+            bos_token_id=None,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        ),
+        vision_config=dict(
+            depth=1,
+            hidden_size=16,
+            intermediate_size=32,
+            num_heads=2,
+            out_hidden_size=hidden,
+            fullatt_block_indexes=[0],
+        ),
+    )

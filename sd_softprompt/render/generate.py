@@ -69,12 +69,12 @@ def generate_batch(
     kwargs = dict(
         prompt=prompt,
         num_inference_steps=steps,
-        guidance_scale=guidance,
         height=height,
         width=width,
         num_images_per_prompt=len(seeds),
         generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
     )
+    kwargs[family.guidance_arg] = guidance  # guidance_scale; Qwen-Image: true_cfg_scale
     kwargs.update(family.call_kwargs(pipe, negative_prompt))
     with torch.inference_mode():
         return pipe(**kwargs).images

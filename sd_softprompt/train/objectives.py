@@ -231,6 +231,10 @@ class ImageObjective:
                 x = load_image(p, cfg.resolution).unsqueeze(0).to(vae.device, vae.dtype)
                 views = [x, x.flip(-1)] if cfg.flip else [x]
                 for v in views:
+                    if family.vae_latents is not None:  # a VAE the pipeline normalises its own way
+                        latents.append(family.vae_latents(pipe, v)[0])
+                        self.captions.append(caption_for(p, soft_text, tokens))
+                        continue
                     encoded = vae.encode(v)  # a deep-compression autoencoder (Sana) gives latents, not a distribution
                     z = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latent
                     latents.append(((z - shift) * vae.config.scaling_factor)[0])
