@@ -1,4 +1,4 @@
-"""Model families: the one place that knows how SD 1.x/2.x, SDXL, SD3 and Flux differ, one file each.
+"""Model families: the one place that knows how the supported model families differ, one file each.
 
 A family file says which text encoders a pipeline has (and the soft prompt file key of each), how the
 pipeline turns prompts into the conditioning its denoiser consumes (and long prompts, and the empty negative),
@@ -37,12 +37,26 @@ __all__ = [
     "prompt_tokens",
 ]
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (SD1, SD2, SDXL, SD3, FLUX)}
-# decoder-only (LLM) text encoders
-FAMILIES |= {f.name: f for f in (SANA, LUMINA2)}
-FAMILIES |= {f.name: f for f in (CHROMA, PIXART_SIGMA)}  # T5-only families
-FAMILIES |= {f.name: f for f in (HIDREAM,)}
-FAMILIES |= {f.name: f for f in (QWEN_IMAGE, FLUX2_KLEIN, FLUX2_KLEIN_9B)}  # Qwen encoders
+# One registration line per family. The order is detection's and the file keys' (a width two encoders share,
+# 4096, keeps the first family's key: t5xxl).
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        SD1,
+        SD2,
+        SDXL,
+        SD3,
+        FLUX,
+        SANA,
+        LUMINA2,
+        CHROMA,
+        PIXART_SIGMA,
+        HIDREAM,
+        QWEN_IMAGE,
+        FLUX2_KLEIN,
+        FLUX2_KLEIN_9B,
+    )
+}
 
 
 def families_of_class(class_name: str | None) -> list[Family]:
