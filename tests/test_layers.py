@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, list[set[str]]]] = [
         ],
     ),
     ("inject", [{"vocab", "token_checks"}, {"loader"}, {"inspection"}, {"__init__"}]),
-    ("render", [{"grid", "scoring"}, {"generate"}, {"__init__"}]),
+    ("render", [{"grid", "scoring", "weighting"}, {"generate"}, {"__init__"}]),
     (
         "models",
         [
