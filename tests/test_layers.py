@@ -50,8 +50,8 @@ LAYERS: list[tuple[str, list[set[str]]]] = [
         "train",
         [
             {"config"},
-            {"data", "measure", "losses"},
-            {"objectives"},
+            {"data", "measure", "losses", "config_file"},
+            {"objectives", "tracking", "card"},
             {"checks", "rows", "checkpoints"},
             {"loop"},
             {"trainer"},

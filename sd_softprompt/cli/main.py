@@ -253,12 +253,23 @@ def _convert(args) -> int:
 
 
 def _train(args) -> int:
+    from ..errors import ConfigError
     from ..train import TrainConfig, train
+    from ..train.config_file import read_config
 
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    result = train(config)
+    # the flags given on the command line, over --config's values, over the fields' defaults
+    values = read_config(args.config) if args.config else {}
+    values |= {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    missing = [f"--{name}" for name in ("model", "out") if name not in values]
+    if missing:
+        where = f" or in {args.config}" if args.config else " (or in a --config file)"
+        raise ConfigError(f"the following arguments are required: {', '.join(missing)}; give them here{where}")
+    result = train(TrainConfig(**values))
     print(f"soft prompt  {result.soft_prompt}")
     print(f"report       {result.report}")
+    for label, path in (("config", result.config), ("model card", result.card), ("on the Hub", result.hub_url)):
+        if path is not None:
+            print(f"{label:<12} {path}")
     for line in _ratio_lines(result.metrics or {}):
         print(line)
     return 0
