@@ -512,7 +512,7 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tiny_dirs, tmp_pa
     assert files_in(tmp_path) == ["run.checkpoint.pt"]
     code, _, err = run_cli(capsys, *argv, "--resume")
     assert code == 0, err
-    assert files_in(tmp_path) == ["run.report.json", "run.safetensors"]
+    assert files_in(tmp_path) == ["README.md", "run.config.toml", "run.report.json", "run.safetensors"]
     assert len(json.loads(Path("run.report.json").read_text())["losses"]) == 4
 
 
@@ -569,4 +569,4 @@ def test_full_disk_in_training_keeps_the_checkpoint_and_writes_no_half_pair(
     code, out, err = run_cli(capsys, *argv, "--resume")
     assert code == 0, err
     assert "resuming from disk/x.checkpoint.pt at step 1" in out
-    assert files_in(folder) == ["x.report.json", "x.safetensors"]
+    assert files_in(folder) == ["README.md", "x.config.toml", "x.report.json", "x.safetensors"]  # with its card

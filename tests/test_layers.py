@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, list[set[str]]]] = [
         ],
     ),
     ("inject", [{"vocab", "token_checks"}, {"loader"}, {"inspection"}, {"__init__"}]),
-    ("render", [{"grid", "scoring"}, {"generate"}, {"__init__"}]),
+    ("render", [{"grid", "scoring", "weighting"}, {"generate"}, {"__init__"}]),
     (
         "models",
         [
@@ -60,8 +60,8 @@ LAYERS: list[tuple[str, list[set[str]]]] = [
         "train",
         [
             {"config"},
-            {"data", "measure", "losses"},
-            {"objectives"},
+            {"data", "measure", "losses", "config_file"},
+            {"objectives", "tracking", "card"},
             {"checks", "rows", "checkpoints"},
             {"loop"},
             {"trainer"},

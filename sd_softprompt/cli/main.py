@@ -71,10 +71,19 @@ def _generate(args) -> int:
 
     out = image_path(Path(args.out))  # an unwritable suffix fails before the model loads
     pipe, family, _ = _pipeline_with_soft(args)
-    _warn_overflow(pipe, family, [args.prompt])
+    _warn_overflow(pipe, family, [args.prompt], args.weighting)
     guidance = default_guidance(pipe, family) if args.guidance is None else args.guidance
     image = generate(
-        pipe, args.prompt, args.seed, args.steps, guidance, args.height, args.width, args.negative_prompt, family
+        pipe,
+        args.prompt,
+        args.seed,
+        args.steps,
+        guidance,
+        args.height,
+        args.width,
+        args.negative_prompt,
+        family,
+        args.weighting,
     )
     print(f"wrote {save_image(image, out)}")
     return 0
@@ -87,13 +96,13 @@ def _grid(args) -> int:
     scorer, reference = _clip_scoring(args)  # a bad --clip-model or reference fails before the (slow) model load
     if args.interpolate:
         return _interpolation_grid(args, out)
-    pipe, family, soft_files = _pipeline_with_soft(args)
+    if args.per_encoder and not args.soft:
+        raise SoftPromptError("--per-encoder draws a row per encoder of the --soft files' vectors; add --soft FILE")
+    read = _read_soft(args)
+    pipe, family, soft_files = _pipeline_with_soft(args, read)
     prompts = [args.prompt, *args.compare]
-    _warn_overflow(pipe, family, prompts)
-    grid, record = run_grid(
-        pipe,
-        prompts,
-        args.seeds,
+    _warn_overflow(pipe, family, prompts, args.weighting)
+    settings = dict(
         steps=args.steps,
         guidance=default_guidance(pipe, family) if args.guidance is None else args.guidance,
         height=args.height,
@@ -105,7 +114,17 @@ def _grid(args) -> int:
         family=family,
         scorer=scorer,
         reference=reference,
+        weighting=args.weighting,
     )
+    if args.per_encoder:
+        from ..render.generate import run_encoder_grid
+
+        softs, names = read
+        grid, record = run_encoder_grid(
+            pipe, softs, args.prompt, args.seeds, tokens=names, compare=args.compare, **settings
+        )
+    else:
+        grid, record = run_grid(pipe, prompts, args.seeds, **settings)
     print(f"wrote {grid}\nwrote {record}")
     if scorer is not None:  # printed from the record, so the lines say exactly what was written
         for row in json.loads(record.read_text(encoding="utf-8"))["scores"]["rows"]:
@@ -150,12 +169,14 @@ def _interpolation_grid(args, out: Path) -> int:
     from ..files.mixing import interpolate
     from ..render.generate import default_guidance, run_interpolation
 
-    if args.compare:
-        raise ConfigError("--interpolate draws its own row; leave --compare out (or draw a second grid)")
+    if args.compare or args.per_encoder:
+        raise ConfigError(
+            "--interpolate draws its own rows; leave --compare and --per-encoder out (or draw a second grid)"
+        )
     a, b = args.interpolate
     interpolate(a, b, 0.5)  # files that cannot be combined fail before the (slow) model load
     pipe, family, soft_files = _pipeline_with_soft(args)
-    _warn_overflow(pipe, family, [args.prompt])
+    _warn_overflow(pipe, family, [args.prompt], args.weighting)
     grid, record = run_interpolation(
         pipe,
         a,
@@ -172,6 +193,7 @@ def _interpolation_grid(args, out: Path) -> int:
         negative_prompt=args.negative_prompt,
         soft_files=soft_files,
         family=family,
+        weighting=args.weighting,
     )
     print(f"wrote {grid}\nwrote {record}")
     return 0
@@ -231,12 +253,23 @@ def _convert(args) -> int:
 
 
 def _train(args) -> int:
+    from ..errors import ConfigError
     from ..train import TrainConfig, train
+    from ..train.config_file import read_config
 
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    result = train(config)
+    # the flags given on the command line, over --config's values, over the fields' defaults
+    values = read_config(args.config) if args.config else {}
+    values |= {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    missing = [f"--{name}" for name in ("model", "out") if name not in values]
+    if missing:
+        where = f" or in {args.config}" if args.config else " (or in a --config file)"
+        raise ConfigError(f"the following arguments are required: {', '.join(missing)}; give them here{where}")
+    result = train(TrainConfig(**values))
     print(f"soft prompt  {result.soft_prompt}")
     print(f"report       {result.report}")
+    for label, path in (("config", result.config), ("model card", result.card), ("on the Hub", result.hub_url)):
+        if path is not None:
+            print(f"{label:<12} {path}")
     for line in _ratio_lines(result.metrics or {}):
         print(line)
     return 0
@@ -268,16 +301,12 @@ def _load(args):
     return load_pipeline(args.model, device=args.device, dtype=args.dtype)
 
 
-def _pipeline_with_soft(args):
-    """Read every --soft file (once), load the model, then load the soft prompts into it.
-    Returns the pipeline, its family (detected once, for the rest of the command) and the files."""
-    from ..families import detect_family
+def _read_soft(args) -> tuple[list, list]:
+    """Every --soft file's soft prompts and the token names each is loaded under (None: its own)."""
     from ..files.convert import load_all
-    from ..inject.loader import load_soft_prompts
 
-    specs = [_parse_soft(spec) for spec in args.soft]
     softs, names = [], []  # a LoRA file may bundle several soft prompts: each loads under its own name
-    for path, tokens in specs:
+    for path, tokens in (_parse_soft(spec) for spec in args.soft):
         read = load_all(path)  # a bad file fails before the (slow) model load
         if tokens and len(read) > 1:
             raise SoftPromptError(
@@ -285,6 +314,17 @@ def _pipeline_with_soft(args):
             )
         softs += read
         names += [tokens] * len(read)
+    return softs, names
+
+
+def _pipeline_with_soft(args, read: tuple[list, list] | None = None):
+    """Read every --soft file (once; `read`: already read by `_read_soft`), load the model, then load the soft
+    prompts into it. Returns the pipeline, its family (detected once, for the rest of the command) and the files."""
+    from ..families import detect_family
+    from ..inject.loader import load_soft_prompts
+
+    specs = [_parse_soft(spec) for spec in args.soft]
+    softs, names = read or _read_soft(args)
     pipe = _load(args)
     family = detect_family(pipe)
     # One call: token clashes between the files are refused before anything loads, each table grows once.
@@ -292,10 +332,13 @@ def _pipeline_with_soft(args):
     return pipe, family, [path for path, _ in specs]
 
 
-def _warn_overflow(pipe, family, prompts: list[str]) -> None:
-    """Say when a prompt is cut to fit an encoder's window: soft tokens make that easy to miss."""
+def _warn_overflow(pipe, family, prompts: list[str], weighting: str | None = None) -> None:
+    """Say when a prompt is cut to fit an encoder's window: soft tokens make that easy to miss. (With
+    --weighting nothing is cut: long prompts are encoded in chunks.)"""
     from ..inject.loader import prompt_overflow
 
+    if weighting is not None:
+        return
     for prompt in prompts:
         for warning in prompt_overflow(pipe, prompt, family):
             shown = prompt if len(prompt) <= 40 else prompt[:37] + "..."

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 PROG = "sd-softprompt"
+WEIGHTINGS = ("a1111", "comfyui")  # render/weighting.py's (not imported here: the parser loads no torch)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -81,6 +82,13 @@ def _sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
     parser.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
     parser.add_argument("--negative-prompt", help="negative prompt (SD, SDXL and SD3; Flux takes none)")
+    parser.add_argument(
+        "--weighting",
+        choices=WEIGHTINGS,
+        help="read (words:1.2), ([v1][v2]:1.2) and (words) in the prompts as A1111 (scale, keep the mean) or "
+        "ComfyUI (move from the empty prompt) does, long prompts in 75-token chunks (SD, SDXL); default: "
+        "the prompts go to the pipeline as typed",
+    )
 
 
 def _add_generate(commands) -> None:
@@ -113,7 +121,10 @@ def _add_grid(commands) -> None:
         f'      --compare "mountain view" --clip-model openai/clip-vit-base-patch32 \\\n'
         f'      --reference-prompt "mountain view at sunrise" --reference-images ./sunrise_photos\n'
         f"  {PROG} grid --model ... --interpolate dawn.safetensors dusk.safetensors --interpolate-steps 5 \\\n"
-        f'      --prompt "[v1][v2][v3] mountain view" --seeds 0 --out dawn_to_dusk.png',
+        f'      --prompt "[v1][v2][v3] mountain view" --seeds 0 --out dawn_to_dusk.png\n'
+        f'  {PROG} grid --model ... --soft sunrise.safetensors --prompt "[v1][v2][v3] mountain view" --per-encoder\n'
+        f"  {PROG} grid --model ... --soft sunrise.safetensors --weighting a1111 \\\n"
+        f'      --prompt "([v1][v2][v3]:1.3) mountain view" --compare "([v1][v2][v3]:0.8) mountain view"',
         "grid",
     )
     _model_args(p)
@@ -135,6 +146,13 @@ def _add_grid(commands) -> None:
         metavar=("A", "B"),
         help="instead of --compare rows: one row per seed, columns from soft prompt A to B (same N and family), "
         "loaded under A's tokens, which --prompt must use",
+    )
+    p.add_argument(
+        "--per-encoder",
+        action="store_true",
+        help="instead of one --prompt row: a row per subset of the --soft files' encoders (all, each smaller set, "
+        "none), drawn with only those encoders' vectors (the others hold the tokens as zero rows); "
+        "--compare rows follow",
     )
     p.add_argument(
         "--interpolate-steps",
@@ -263,16 +281,27 @@ def _add_train(commands) -> None:
         "Train a soft prompt: distil a hard prompt (text mode) or learn from pictures (images mode).",
         f"{PROG} train --model stabilityai/stable-diffusion-xl-base-1.0 --mode text \\\n"
         f'      --target "image of serene landscape at sunrise with trees mountains and lake" \\\n'
-        f"      --vectors 3 --steps 300 --out sunrise.safetensors",
+        f"      --vectors 3 --steps 300 --out sunrise.safetensors\n"
+        f"  {PROG} train --config run.toml --steps 500   # the file's settings, --steps replaced",
         "train",
     )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a TOML file of key = value lines, the keys these flags' names (batch-size = 4, no-flip = true); "
+        "flags given here replace its values. Every run writes its own as <out stem>.config.toml",
+    )
+    # No defaults in the namespace: a flag left out is absent, so that --config's value (or the field's
+    # default) stands; --model and --out may come from the file, so _train checks that they came at all.
     for field_name, (flag, options) in train_flags(TrainConfig).items():
-        p.add_argument(flag, dest=field_name, **options)
+        if options.pop("required", False):
+            options["help"] += " (required, here or in --config)"
+        p.add_argument(flag, dest=field_name, **(options | {"default": argparse.SUPPRESS}))
 
 
 def train_flags(config_class) -> dict[str, tuple[str, dict[str, Any]]]:
     """TrainConfig field -> (flag, argparse keywords), from each field's metadata (train/config.py's `option`):
-    one flag per field, its default the field's."""
+    one flag per field, its default the field's (and named in its help)."""
     flags = {}
     for f in dataclasses.fields(config_class):
         meta = f.metadata
@@ -280,6 +309,11 @@ def train_flags(config_class) -> dict[str, tuple[str, dict[str, Any]]]:
         if options.get("action") not in ("store_true", "store_false") and not options.get("required"):
             options["default"] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             if options["default"] not in (None, []):
-                options["help"] += " (default %(default)s)"
+                shown = (
+                    " ".join(map(str, options["default"]))
+                    if isinstance(options["default"], list)
+                    else options["default"]
+                )
+                options["help"] += f" (default {str(shown).replace('%', '%%')})"
         flags[f.name] = (meta["flag"] or "--" + f.name.replace("_", "-"), options)
     return flags

@@ -10,6 +10,22 @@ from typing import Any
 import torch
 
 Cond = dict[str, torch.Tensor]  # "states": [B, L, D] token states; "pooled": [B, P] when the family has one
+Segments = list[tuple[str, float]]  # a prompt as (text, weight) pieces: A1111 / ComfyUI's "(words:1.2)"
+
+
+@dataclass
+class Chunked:
+    """Prompts encoded in chunks as A1111 / ComfyUI encode them, before any weight is applied."""
+
+    parts: list[torch.Tensor]  # per text encoder whose states the denoiser reads, [B, C, T, D_e], chunk by chunk
+    weights: torch.Tensor  # [B, C, T]: each position's weight (1 for start, end and padding tokens)
+    pooled: torch.Tensor | None  # [B, P], from the first chunk, unweighted (as both tools take it)
+
+    def cond(self, parts: list[torch.Tensor] | None = None) -> Cond:
+        """The conditioning: the parts (these, or the weighted ones given) joined along the width, the chunks
+        one after another along the sequence."""
+        states = torch.cat(parts if parts is not None else self.parts, dim=-1).flatten(1, 2)
+        return {"states": states} if self.pooled is None else {"states": states, "pooled": self.pooled}
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,11 @@ class Family:
     # mode, shifted by its shift_factor and scaled by its scaling_factor.
     vae_latents: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
     guidance_arg: str = "guidance_scale"  # the pipeline-call argument that takes the guidance scale
+    # Prompt weighting ("(words:1.2)", render/weighting.py): (pipe, prompts as segments) -> their chunked encoding
+    # before weights, and (cond, negative cond) -> the pipeline-call arguments that hand it over precomputed.
+    # None: the family takes no weights.
+    encode_weighted: Callable[[Any, list[Segments]], Chunked] | None = None
+    embeds_call: Callable[[Cond, Cond], dict] | None = None
 
     def encoder(self, key: str) -> Encoder:
         return next(e for e in self.encoders if e.key == key)

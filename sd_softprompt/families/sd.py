@@ -3,8 +3,8 @@ UNet parts that SDXL shares."""
 
 from __future__ import annotations
 
-from .base import Cond, Encoder, Family
-from .clip import CLIP_L, chunk_inputs, clip_chunks
+from .base import Chunked, Cond, Encoder, Family, Segments
+from .clip import CLIP_L, chunk_inputs, chunk_weighted_inputs, clip_chunks
 
 
 def encode_sd(pipe, prompts: list[str]) -> Cond:
@@ -13,14 +13,28 @@ def encode_sd(pipe, prompts: list[str]) -> Cond:
 
 
 def encode_sd_long(pipe, prompts: list[str]) -> Cond:
-    ids = chunk_inputs(pipe, pipe.tokenizer, prompts)
+    states = _encode_chunks(pipe, chunk_inputs(pipe, pipe.tokenizer, prompts))
+    return {"states": states.flatten(1, 2)}
+
+
+def encode_sd_weighted(pipe, prompts: list[Segments]) -> Chunked:
+    ids, weights = chunk_weighted_inputs(pipe, pipe.tokenizer, prompts)
+    return Chunked([_encode_chunks(pipe, ids)], weights, None)
+
+
+def _encode_chunks(pipe, ids):
+    """[B, C, 77] chunk ids -> [B, C, 77, D] states."""
     mask = None
     if getattr(pipe.text_encoder.config, "use_attention_mask", False):  # as the pipeline does
         mask = (ids != pipe.tokenizer.pad_token_id) | (ids == pipe.tokenizer.eos_token_id)
         mask = mask.view(-1, ids.shape[-1]).long().to(pipe.text_encoder.device)
     out, (b, c) = clip_chunks(pipe.text_encoder, ids, attention_mask=mask)
     states = out[0]
-    return {"states": states.reshape(b, c * states.shape[1], states.shape[2])}
+    return states.reshape(b, c, states.shape[1], states.shape[2])
+
+
+def embeds_call_sd(cond: Cond, negative: Cond) -> dict:
+    return {"prompt": None, "prompt_embeds": cond["states"], "negative_prompt_embeds": negative["states"]}
 
 
 def no_negative_sd(pipe, batch: int) -> Cond:
@@ -69,6 +83,8 @@ _SD = dict(
     state_tokenizers=("tokenizer",),
     encode_long=encode_sd_long,
     no_negative=no_negative_sd,
+    encode_weighted=encode_sd_weighted,
+    embeds_call=embeds_call_sd,
     **UNET,
 )
 SD1 = Family("sd1", "Stable Diffusion 1.x", (CLIP_L,), matches=lambda pipe: not _openclip_h(pipe), **_SD)

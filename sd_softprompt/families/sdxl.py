@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Cond, Family
-from .clip import CLIP_G, CLIP_L, chunk_inputs, clip_chunks
+from .base import Chunked, Cond, Family, Segments
+from .clip import CLIP_G, CLIP_L, chunk_weighted_inputs, clip_chunks
 from .sd import UNET
 
 
@@ -18,17 +18,32 @@ def encode_sdxl(pipe, prompts: list[str]) -> Cond:
 
 
 def encode_sdxl_long(pipe, prompts: list[str]) -> Cond:
-    states, pooled = [], None
+    return encode_sdxl_weighted(pipe, [[(p, 1.0)] for p in prompts]).cond()
+
+
+def encode_sdxl_weighted(pipe, prompts: list[Segments]) -> Chunked:
+    """Both CLIPs' penultimate states, chunk by chunk (kept apart: A1111 weights each encoder on its own),
+    and bigG's pooled vector from the first chunk."""
+    parts, pooled, weights = [], None, None
     for tokenizer, text_encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
-        ids = chunk_inputs(pipe, tokenizer, prompts)
-        if states and ids.shape[1] != states[0].shape[1]:
+        ids, weights = chunk_weighted_inputs(pipe, tokenizer, prompts)
+        if parts and ids.shape[1] != parts[0].shape[1]:
             raise ValueError("the two SDXL tokenizers split this prompt into different numbers of chunks")
         out, (b, c) = clip_chunks(text_encoder, ids, output_hidden_states=True)
         if out[0].ndim == 2:  # the projected pooled output of encoder 2, from the first chunk
             pooled = out[0].view(b, c, -1)[:, 0]
-        states.append(out.hidden_states[-2].reshape(b, c, ids.shape[-1], -1))
-    states = torch.cat(states, dim=-1)
-    return {"states": states.flatten(1, 2), "pooled": pooled}
+        parts.append(out.hidden_states[-2].reshape(b, c, ids.shape[-1], -1))
+    return Chunked(parts, weights, pooled)
+
+
+def embeds_call_sdxl(cond: Cond, negative: Cond) -> dict:
+    return {
+        "prompt": None,
+        "prompt_embeds": cond["states"],
+        "pooled_prompt_embeds": cond["pooled"],
+        "negative_prompt_embeds": negative["states"],
+        "negative_pooled_prompt_embeds": negative["pooled"],
+    }
 
 
 def no_negative_sdxl(pipe, batch: int) -> Cond:
@@ -57,5 +72,7 @@ SDXL = Family(
     state_tokenizers=("tokenizer_2",),  # both CLIPs tokenize alike; their states are joined along the width
     encode_long=encode_sdxl_long,
     no_negative=no_negative_sdxl,
+    encode_weighted=encode_sdxl_weighted,
+    embeds_call=embeds_call_sdxl,
     **UNET,
 )

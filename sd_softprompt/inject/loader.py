@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from dataclasses import replace as replace_
 
 import torch
@@ -93,6 +93,7 @@ class LoadedSoftPrompt:
     metadata: dict[str, str]
     encoders: tuple[str, ...]  # encoder keys that got rows
     alias: str | None = None
+    blank: tuple[str, ...] = ()  # encoder keys that got the tokens as zero rows (`encoders=` left them out)
 
 
 _LOADED_ATTR = "_sd_softprompt_loaded"
@@ -118,6 +119,7 @@ class _Plan:
     pairs: list[tuple[Encoder, torch.Tensor]]
     tokens: list[str]
     alias: str | None
+    blank: list[Encoder] = field(default_factory=list)  # encoders that get the tokens as zero rows
 
 
 Source = SoftPrompt | str | os.PathLike | Sequence[str | os.PathLike]
@@ -131,11 +133,20 @@ def _read(source: Source) -> list[SoftPrompt]:
 
 
 def _plan(
-    pipe, family: Family, soft: SoftPrompt, tokens: Sequence[str] | None, alias: str | None, allow_shadowing: bool
+    pipe,
+    family: Family,
+    soft: SoftPrompt,
+    tokens: Sequence[str] | None,
+    alias: str | None,
+    allow_shadowing: bool,
+    encoders: Sequence[str] | None = None,
 ) -> _Plan:
     name = soft.origin or f"<memory>: {soft.name}"  # origin: the file(s) it was read from
     soft.validate(name)  # an in-memory SoftPrompt gets a file's checks (a no-op for one already checked)
     pairs = assign_encoders(pipe, family, soft, name)
+    blank: list[Encoder] = []
+    if encoders is not None:
+        pairs, blank = _only_encoders(family, pairs, list(encoders), name)
     tokens = list(tokens) if tokens is not None else list(soft.tokens)
     if len(tokens) != soft.num_vectors or len(set(tokens)) != len(tokens):
         raise TokenCollisionError(f"{name}: need {soft.num_vectors} distinct token names, got {listed(tokens)}")
@@ -145,7 +156,23 @@ def _plan(
         check_shadowing(pipe, family, tokens, name)
     for encoder, vectors in pairs:
         check_fits_dtype(pipe, encoder, vectors, name)
-    return _Plan(name, soft, pairs, tokens, alias)
+    return _Plan(name, soft, pairs, tokens, alias, blank)
+
+
+def _only_encoders(
+    family: Family, pairs: list[tuple[Encoder, torch.Tensor]], keys: list[str], name: str
+) -> tuple[list[tuple[Encoder, torch.Tensor]], list[Encoder]]:
+    """The pairs of the chosen encoders, and the pipeline's other encoders (they get the tokens as zero rows)."""
+    unknown = [k for k in keys if k not in family.keys]
+    if unknown:
+        raise ConfigError(
+            f"encoders {listed(unknown)}: a {family.name} pipeline's encoders are {', '.join(family.keys)}"
+        )
+    has = [encoder.key for encoder, _ in pairs]
+    missing = [k for k in keys if k not in has]
+    if missing:
+        raise ConfigError(f"{name}: it has no {listed(missing)} vectors (it has {', '.join(has)}); choose among those")
+    return [p for p in pairs if p[0].key in keys], [e for e in family.encoders if e.key not in keys]
 
 
 def _check_between(plans: list[_Plan]) -> None:
@@ -167,7 +194,7 @@ def _check_vocab(pipe, plans: list[_Plan], replace: bool) -> list[str]:
     ours = set(loaded_tokens(pipe))
     swap: list[str] = []
     for plan in plans:
-        for encoder, _ in plan.pairs:
+        for encoder in [*(enc for enc, _ in plan.pairs), *plan.blank]:
             taken = present_tokens(getattr(pipe, encoder.tokenizer), plan.tokens)
             if taken and not (replace and set(taken) <= ours):
                 hint = (
@@ -189,6 +216,7 @@ def load_soft_prompts(
     aliases: Sequence[str | None] | None = None,
     family: Family | None = None,
     allow_shadowing: bool = False,
+    encoders: Sequence[Sequence[str] | None] | None = None,
 ) -> list[list[str]]:
     """Load several soft prompts at once, each with its own tokens; return each one's tokens.
 
@@ -198,15 +226,17 @@ def load_soft_prompts(
     gives it an alias (see `load_soft_prompt`). Each source may be a path, a `SoftPrompt`, or a
     [clip_l file, clip_g file] diffusers SDXL pair; a LoRA file with bundled soft prompts loads every one of
     them, each as its own entry, under the tokens `NAME, NAME_1, ...` (see `format.load_bundle`). `family`: the
-    pipeline's, when the caller has it already. `allow_shadowing`: see `load_soft_prompt`.
+    pipeline's, when the caller has it already. `allow_shadowing`, `encoders[i]` (file i's): see
+    `load_soft_prompt`.
     """
     sources = list(sources)
     tokens = list(tokens) if tokens is not None else [None] * len(sources)
     aliases = list(aliases) if aliases is not None else [None] * len(sources)
-    if len(tokens) != len(sources) or len(aliases) != len(sources):
+    chosen = list(encoders) if encoders is not None else [None] * len(sources)
+    if len(tokens) != len(sources) or len(aliases) != len(sources) or len(chosen) != len(sources):
         raise TokenCollisionError(
-            f"{len(sources)} soft prompts but {len(tokens)} token lists and {len(aliases)} aliases; "
-            f"give one entry (or None) per soft prompt"
+            f"{len(sources)} soft prompts but {len(tokens)} token lists, {len(aliases)} aliases and {len(chosen)} "
+            f"encoder lists; give one entry (or None) per soft prompt"
         )
     family = family or detect_family(pipe)
     if any(aliases) and not callable(getattr(pipe, "maybe_convert_prompt", None)):
@@ -217,14 +247,14 @@ def load_soft_prompts(
         )
     plans: list[_Plan] = []
     counts: list[int] = []  # plans per source: a LoRA file may bundle several soft prompts
-    for source, names, alias in zip(sources, tokens, aliases):
+    for source, names, alias, keys in zip(sources, tokens, aliases, chosen):
         softs = _read(source)
         if len(softs) > 1 and (names is not None or alias is not None):
             raise TokenCollisionError(
                 f"{source}: bundles {len(softs)} soft prompts, each loaded under its own name; tokens and aliases "
                 f"rename one soft prompt: pick it with sd_softprompt.format.load_bundle(path)[name]"
             )
-        plans += [_plan(pipe, family, soft, names, alias, allow_shadowing) for soft in softs]
+        plans += [_plan(pipe, family, soft, names, alias, allow_shadowing, keys) for soft in softs]
         counts.append(len(softs))
     _check_between(plans)
     swap = _check_vocab(pipe, plans, replace)
@@ -239,6 +269,9 @@ def load_soft_prompts(
                 if enc.key == encoder.key:
                     names += plan.tokens
                     rows.append(vectors)
+            if encoder in plan.blank:  # the tokens still tokenize there, as one position each with no content
+                names += plan.tokens
+                rows.append(torch.zeros(len(plan.tokens), encoder_width(pipe, encoder)))
         if names:
             dtype = getattr(pipe, encoder.text_encoder).get_input_embeddings().weight.dtype
             add_rows(pipe, encoder, names, torch.cat([r.to(dtype) for r in rows]))
@@ -251,6 +284,7 @@ def load_soft_prompts(
                 metadata=dict(plan.soft.metadata),
                 encoders=tuple(enc.key for enc, _ in plan.pairs),
                 alias=plan.alias,
+                blank=tuple(e.key for e in plan.blank),
             )
         )
         if plan.alias:
@@ -271,6 +305,7 @@ def load_soft_prompt(
     alias: str | None = None,
     family: Family | None = None,
     allow_shadowing: bool = False,
+    encoders: Sequence[str] | None = None,
 ) -> list[str]:
     """Register a soft prompt's tokens in every text encoder it has vectors for; return the tokens.
 
@@ -281,7 +316,11 @@ def load_soft_prompt(
     tokenizers unless `allow_shadowing=True` (loaded, they would replace that word in every prompt); so are
     vectors the encoders' dtype cannot hold. `alias` (e.g. "<sunrise>") is a name that the pipeline's
     prompt encoding expands to all N tokens. `family`: the pipeline's, when the caller has it already (else
-    detected). Several files at once: `load_soft_prompts`.
+    detected). `encoders` (e.g. ["clip_l"]): load only these encoders' vectors; every other encoder of the
+    pipeline gets the tokens as rows of zeros, so a prompt tokenizes alike in every encoder (each soft token
+    one position) and those positions carry no learned content there: what the pictures show is what the
+    chosen encoders' vectors do. A key the pipeline or the file lacks is refused. Several files at once:
+    `load_soft_prompts`.
 
     Example:
 
@@ -296,7 +335,14 @@ def load_soft_prompt(
     ```
     """
     return load_soft_prompts(
-        pipe, [source], [tokens], replace=replace, aliases=[alias], family=family, allow_shadowing=allow_shadowing
+        pipe,
+        [source],
+        [tokens],
+        replace=replace,
+        aliases=[alias],
+        family=family,
+        allow_shadowing=allow_shadowing,
+        encoders=[encoders],
     )[0]
 
 

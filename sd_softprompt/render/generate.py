@@ -8,10 +8,11 @@ Files are written to a temp file beside the target and renamed, so nothing is ev
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -22,9 +23,10 @@ from ..errors import ConfigError
 from ..families import Family, detect_family
 from ..files.atomic import atomic_write, bytes_writer
 from ..files.softprompt import SoftPrompt
-from ..inject.loader import load_soft_prompt, loaded_tokens, unload_soft_prompt
+from ..inject.loader import assign_encoders, load_soft_prompt, load_soft_prompts, loaded_tokens, unload_soft_prompt
 from .grid import make_grid
 from .scoring import Reference, Scorer, score_rows
+from .weighting import check_weighting, weighted_call
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes at most 64 bits
 
@@ -44,10 +46,13 @@ def generate(
     width: int | None,
     negative_prompt: str | None = None,
     family: Family | None = None,
+    weighting: str | None = None,
 ) -> Image.Image:
     """One image from the pipeline's own __call__; ``height``/``width`` None means the model's default.
-    ``family``: the pipeline's, when the caller has it already (else detected)."""
-    return generate_batch(pipe, prompt, [seed], steps, guidance, height, width, negative_prompt, family)[0]
+    ``family``: the pipeline's, when the caller has it already (else detected). ``weighting``: "a1111" or
+    "comfyui" reads ``(words:1.2)`` in the prompts as that tool does (render/weighting.py); None passes them
+    to the pipeline as they are."""
+    return generate_batch(pipe, prompt, [seed], steps, guidance, height, width, negative_prompt, family, weighting)[0]
 
 
 def generate_batch(
@@ -60,6 +65,7 @@ def generate_batch(
     width: int | None,
     negative_prompt: str | None = None,
     family: Family | None = None,
+    weighting: str | None = None,
 ) -> list[Image.Image]:
     """One image per seed in a single pipeline call. Each image has its own generator, so image k starts
     from the noise `generate` would draw with seeds[k] (on this CPU the pixels match exactly; a GPU may
@@ -75,7 +81,10 @@ def generate_batch(
         generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
     )
     kwargs[family.guidance_arg] = guidance  # guidance_scale; Qwen-Image: true_cfg_scale
-    kwargs.update(family.call_kwargs(pipe, negative_prompt))
+    if weighting is None:
+        kwargs.update(family.call_kwargs(pipe, negative_prompt))
+    else:
+        kwargs.update(weighted_call(pipe, family, prompt, negative_prompt, weighting))
     with torch.inference_mode():
         return pipe(**kwargs).images
 
@@ -118,13 +127,18 @@ def run_grid(
     drawn: Mapping[str, Sequence[Image.Image]] | None = None,
     scorer: Scorer | None = None,
     reference: Reference | None = None,
+    weighting: str | None = None,
+    before_row: Callable[[int], None] | None = None,
+    extra: Mapping | None = None,
 ) -> tuple[Path, Path]:
     """Draw every prompt (rows) with every seed (columns); write the labelled grid and ``<stem>.json``.
 
     ``negative_prompt``: one for every row, or a list with one per row (rows that compare negatives);
     ``labels``: row labels (default: the prompts); ``drawn``: pictures already drawn with these seeds,
     steps, guidance and size, by prompt (rows without a negative prompt reuse them instead of drawing);
-    ``scorer`` + ``reference``: score each row's pictures (``scoring.score_rows``) into the record's ``scores``."""
+    ``scorer`` + ``reference``: score each row's pictures (``scoring.score_rows``) into the record's ``scores``;
+    ``weighting``: see `generate`; ``before_row(i)``: called before row i is drawn (e.g. to load other vectors);
+    ``extra``: more fields for the record."""
     if not prompts or not seeds:
         raise ConfigError("a grid needs at least one prompt and one seed")
     if (scorer is None) != (reference is None):
@@ -136,17 +150,23 @@ def run_grid(
         raise ConfigError(f"a grid of {len(prompts)} rows needs as many negative prompts and labels")
     target = image_path(grid_target(Path(out)))
     family = family or detect_family(pipe)
+    if weighting is not None:
+        check_weighting(family, weighting)  # before the first row is drawn
 
     started = time.perf_counter()
     rows: list[list[Image.Image]] = []
     seconds: list[float] = []
     with tqdm(total=len(prompts) * len(seeds), desc="grid", unit="image", disable=not progress) as bar:
-        for prompt, negative in zip(prompts, negatives):  # one batched call per row: every seed of the row at once
+        for row, (prompt, negative) in enumerate(zip(prompts, negatives)):  # one batched call per row
+            if before_row is not None:
+                before_row(row)
             tick = time.perf_counter()
             if drawn is not None and negative is None and prompt in drawn:
                 rows.append(list(drawn[prompt]))
             else:
-                rows.append(generate_batch(pipe, prompt, seeds, steps, guidance, height, width, negative, family))
+                rows.append(
+                    generate_batch(pipe, prompt, seeds, steps, guidance, height, width, negative, family, weighting)
+                )
             seconds.append(round(time.perf_counter() - tick, 3))
             bar.update(len(seeds))
 
@@ -159,6 +179,9 @@ def run_grid(
         "total_s": round(time.perf_counter() - started, 3),
         "per_row_s": seconds,  # one batched call per row
     }
+    if weighting is not None:
+        record["weighting"] = weighting
+    record.update(extra or {})
     if scorer is not None:
         record["scores"] = _scores_record(rows, list(prompts), scorer, reference)
     return _write_grid(target, grid, record)
@@ -227,6 +250,7 @@ def run_interpolation(
     soft_files: Sequence[str] = (),
     progress: bool = True,
     family: Family | None = None,
+    weighting: str | None = None,
 ) -> tuple[Path, Path]:
     """A row per seed, `points` columns from soft prompt `a` (t=0) to `b` (t=1): weights (1 - t, t).
 
@@ -259,7 +283,9 @@ def run_interpolation(
             for t in ts:
                 load_soft_prompt(pipe, interpolate(a, b, t), tokens=tokens, replace=True, family=family)
                 columns.append(
-                    generate_batch(pipe, prompt, seeds, steps, guidance, height, width, negative_prompt, family)
+                    generate_batch(
+                        pipe, prompt, seeds, steps, guidance, height, width, negative_prompt, family, weighting
+                    )
                 )
                 bar.update(len(seeds))
     finally:
@@ -276,7 +302,58 @@ def run_interpolation(
     record["interpolate"] = {"a": names[0], "b": names[1], "t": ts, "tokens": tokens, "weights": "(1 - t, t)"}
     record["negative_prompt"] = negative_prompt
     record["timings"] = {"total_s": round(time.perf_counter() - started, 3)}
+    if weighting is not None:
+        record["weighting"] = weighting
     return _write_grid(target, grid, record)
+
+
+def encoder_subsets(keys: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every subset of `keys`: all of them first, then smaller ones (in `keys` order), the empty one last."""
+    keys = list(dict.fromkeys(keys))
+    return [s for n in range(len(keys), -1, -1) for s in itertools.combinations(keys, n)]
+
+
+def run_encoder_grid(
+    pipe,
+    softs: Sequence[SoftPrompt],
+    prompt: str,
+    seeds: list[int],
+    *,
+    tokens: Sequence[Sequence[str] | None] | None = None,
+    compare: Sequence[str] = (),
+    family: Family | None = None,
+    **grid,
+) -> tuple[Path, Path]:
+    """A row per subset of the soft prompts' encoders: `prompt` drawn with only those encoders' vectors loaded
+    (the other encoders hold the soft tokens as zero rows, see `load_soft_prompt(encoders=)`), every encoder
+    first, each smaller set, then none; then the `compare` rows, with every vector loaded. So a grid shows what
+    each encoder's vectors do (Flux: whether the T5 half changes anything). `tokens[i]`: soft prompt i's token
+    names (default its own). The soft prompts are left loaded with every vector. `grid`: `run_grid`'s keywords."""
+    family = family or detect_family(pipe)
+    softs = list(softs)
+    names = list(tokens) if tokens is not None else [None] * len(softs)
+    has = [[encoder.key for encoder, _ in assign_encoders(pipe, family, soft, soft.name)] for soft in softs]
+    subsets = encoder_subsets([key for key in family.keys if any(key in h for h in has)])
+
+    def load(row: int) -> None:
+        keys = subsets[row] if row < len(subsets) else None
+        chosen = None if keys is None else [[k for k in keys if k in h] for h in has]
+        load_soft_prompts(pipe, softs, names, replace=True, family=family, encoders=chosen)
+
+    labels = [f"{prompt} | vectors: {' + '.join(s) if s else 'none'}" for s in subsets] + list(compare)
+    try:
+        return run_grid(
+            pipe,
+            [prompt] * len(subsets) + list(compare),
+            seeds,
+            family=family,
+            labels=labels,
+            before_row=load,
+            extra={"per_encoder": [list(s) for s in subsets] + [None] * len(compare)},
+            **grid,
+        )
+    finally:
+        load(len(subsets))  # every vector, as before
 
 
 def grid_caption(model_name: str, steps: int, guidance: float, height: int, width: int) -> str:

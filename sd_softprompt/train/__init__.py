@@ -14,10 +14,19 @@ from typing import Any
 
 from .config import TrainConfig
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "check_config", "train", "unused_in_loop"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "check_config",
+    "load_config",
+    "train",
+    "unused_in_loop",
+]
+_MODULES = {"load_config": ".config_file"}  # the rest: .trainer
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        return getattr(importlib.import_module(".trainer", __name__), name)
+        return getattr(importlib.import_module(_MODULES.get(name, ".trainer"), __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

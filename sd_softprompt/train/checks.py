@@ -10,10 +10,12 @@ from pathlib import Path
 from ..errors import ConfigError, listed
 from ..files.keys import MAX_VECTORS
 from ..inject.token_checks import check_token_names
+from .card import check_push
 from .config import TrainConfig
 from .data import scan_images
 from .losses import get_loss
 from .objectives import OBJECTIVES
+from .tracking import check_tracker
 
 
 def read_target(cfg: TrainConfig) -> TrainConfig:
@@ -80,6 +82,8 @@ def check_config(cfg: TrainConfig) -> None:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK):
         raise ConfigError(f"{out}: cannot write there ({probe} is not a writable folder); choose another --out")
+    check_tracker(cfg)  # a tracker whose package is missing
+    check_push(cfg.push_to_hub)  # a bad repo id, offline, not logged in: refused now, not after the run
 
 
 # flag -> (field, smallest meaningful value, whether that value itself is allowed, whole numbers only)

@@ -113,6 +113,28 @@ class TrainConfig:
         action="store_false",
     )
     progress: bool = option(True, "no progress bar", flag="--no-progress", action="store_false")
+    # what users of other trainers expect around a run: trackers, a model card, the Hub
+    log_with: str | None = option(
+        None,
+        "log the loss, learning rate, vector norms, validation grids and the final D / F through accelerate's "
+        "tracker: tensorboard or wandb (pip install tensorboard / wandb)",
+        choices=("tensorboard", "wandb"),
+    )
+    log_dir: str | None = option(
+        None, "with --log-with: the logs' folder, one subfolder per run (default: <out stem>.logs beside --out)"
+    )
+    model_card: bool = option(
+        True,
+        "no model card (README.md in the Hub's format: tokens, base model, how to load, figures) beside --out",
+        flag="--no-model-card",
+        action="store_false",
+    )
+    push_to_hub: str | None = option(
+        None,
+        "upload the soft prompt, report, config, model card and last validation grid to this Hub model repo "
+        "(created if missing; log in first: hf auth login)",
+        metavar="REPO",
+    )
 
     @property
     def out_path(self) -> Path:

@@ -23,6 +23,7 @@ from .checkpoints import checkpoint_path, load_checkpoint, save_checkpoint_or_wa
 from .config import TrainConfig
 from .objectives import OBJECTIVES
 from .rows import moved_to, trainable_rows, vocab_norm
+from .tracking import log_steps
 
 StepHook = Callable[[int], AbstractContextManager]
 
@@ -176,6 +177,7 @@ def run_loop(cfg: TrainConfig, run: Run, around_step: StepHook, draw_validation:
             due = done % cfg.checkpoint_every == 0 or done == cfg.steps if cfg.checkpoint_every else False
             validate = cfg.validate_every and done % cfg.validate_every == 0
             if due or validate or done % READ_EVERY == 0 or done == cfg.steps:  # before anything is written
+                read_from = len(losses)
                 bad = log.read()
                 if bad:
                     kept = f"; the last good checkpoint is {ckpt} (add --resume)" if ckpt.exists() else ""
@@ -183,6 +185,7 @@ def run_loop(cfg: TrainConfig, run: Run, around_step: StepHook, draw_validation:
                         f"step {bad[0] + 1}: the loss is {bad[1]}; lower --lr or use --mixed-precision no{kept}"
                     )
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                log_steps(acc, losses, read_from, scheduler.get_last_lr()[0], vectors)  # --log-with
             if acc.is_main_process and due:
                 save_checkpoint_or_warn(ckpt, cfg, done, vectors, optimizer, losses, run.log)
             if acc.is_main_process and validate:

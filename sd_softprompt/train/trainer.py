@@ -12,6 +12,7 @@ in models/builtin.py.
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,17 +21,20 @@ import torch
 
 from ..errors import ConfigError, TrainingDiverged, WriteError
 from ..families import Family, detect_family
-from ..files.atomic import together, write_json
+from ..files.atomic import atomic_write, together, write_json
 from ..files.softprompt import SoftPrompt
 from ..inject.loader import load_soft_prompt, unload_soft_prompt
 from ..models.builtin import builtin_of
+from .card import card_path, model_card, push
 from .checkpoints import checkpoint_path, resume_hint
 from .checks import check_config, read_target
 from .config import TrainConfig
+from .config_file import config_toml
 from .loop import LoopResult, Run, StepHook, lr_factor, run_loop, unused_in_loop
 from .measure import EVAL_CONTEXTS, Probe, distance_report, join, negative_report
 from .objectives import positives_for
 from .rows import initial_vectors, moved_to, vocab_norm
+from .tracking import accelerator_options, finish_tracking, log_final, log_image, start_tracking
 
 __all__ = [
     "TrainConfig",
@@ -49,6 +53,9 @@ class TrainResult:
     report: Path  # the report JSON beside it
     metrics: dict  # what the report holds
     pictures: dict = field(default_factory=dict)  # toy world: the pictures F judged, by prompt (one per seed)
+    config: Path | None = None  # <out stem>.config.toml: `train --config` on it repeats the run
+    card: Path | None = None  # the model card (README.md beside the soft prompt), unless --no-model-card
+    hub_url: str | None = None  # with --push-to-hub: the commit uploaded
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -67,7 +74,9 @@ def _setup(cfg: TrainConfig, pipe) -> Run:
     # group) so that train() can be called again in the same process with another precision.
     AcceleratorState._reset_state()
     try:
-        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu")
+        accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu", **accelerator_options(cfg)
+        )
     except (ValueError, RuntimeError) as e:
         raise ConfigError(f"--mixed-precision {cfg.mixed_precision}: not available here ({e})") from None
     log = (lambda m: print(f"sd-softprompt: {m}", flush=True)) if accelerator.is_main_process else (lambda m: None)
@@ -133,19 +142,27 @@ def train(cfg: TrainConfig, pipe=None, *, around_step: StepHook | None = None) -
     check_config(cfg)
     try:
         run = _setup(cfg, pipe)
+        grids: list[Path] = []  # this run's validation grids
+
+        def validate(step: int) -> None:
+            grids.append(_validate(run.pipe, run.family, cfg, "".join(run.tokens), step))
+            log_image(run.accelerator, "validation", grids[-1], step)
+
         try:
-            validate = lambda step: _validate(run.pipe, run.family, cfg, "".join(run.tokens), step)  # noqa: E731
+            start_tracking(run.accelerator, cfg)
             done = run_loop(cfg, run, around_step or (lambda step: nullcontext()), validate)
-            return _finish(cfg, run, done)
+            return _finish(cfg, run, done, grids[-1] if grids else None)
         finally:
             unload_soft_prompt(run.pipe, run.tokens, family=run.family)  # also after an error
+            finish_tracking(run.accelerator)
     except KeyboardInterrupt:
         # Ctrl-C: say what survives. The CLI prints "interrupted; <this>" and exits 130.
         raise KeyboardInterrupt(resume_hint(cfg)) from None
 
 
-def _finish(cfg: TrainConfig, run: Run, done: LoopResult) -> TrainResult:
-    """Measure, then write the soft prompt and its report (main process), and drop the checkpoint."""
+def _finish(cfg: TrainConfig, run: Run, done: LoopResult, grid: Path | None = None) -> TrainResult:
+    """Measure, then write the soft prompt, its report, its config and its model card (main process), drop the
+    checkpoint, and push to the Hub if asked. `grid`: the last validation grid drawn."""
     pipe, family, acc, losses = run.pipe, run.family, run.accelerator, done.losses
     # Encoders left out of --encoders keep their initial vectors: the file then behaves as in training.
     final = dict(run.init) | {k: v.detach().float().cpu() for k, v in run.vectors.items()}
@@ -184,7 +201,10 @@ def _finish(cfg: TrainConfig, run: Run, done: LoopResult) -> TrainResult:
         "loss_last": f"{losses[-1]:.6g}",
     }
     report = cfg.out_path.with_name(cfg.out_path.stem + ".report.json")
+    config = cfg.out_path.with_name(cfg.out_path.stem + ".config.toml")
+    card = card_path(cfg) if cfg.model_card else None
     pictures: dict = {}
+    url = None
     if acc.is_main_process:
         if done.objective.measured:
             probe = Probe.make(pipe, family, cfg.eval_samples, cfg.probe_size, seed=12345)
@@ -202,15 +222,32 @@ def _finish(cfg: TrainConfig, run: Run, done: LoopResult) -> TrainResult:
                 soft.metadata["guided_ratio_to_empty"] = f"{metrics['guided']['soft_ratio_to_empty']:.4g}"
         if cfg.mode == "text" and cfg.target:
             pictures = _pictures_measure(pipe, "".join(run.tokens), cfg, metrics, soft.metadata, run.log)
+        log_final(acc, metrics, cfg.steps)
+        beside = cfg.out_path.parent
+        grid_name = Path(os.path.relpath(grid, beside)).as_posix() if grid is not None else None
         try:
-            with together():  # the soft prompt and its report: both or neither
+            with together():  # the soft prompt, its report, config and card: all or none
                 soft.save(cfg.out_path)
                 write_json(report, metrics)
+                _write_text(config, config_toml(cfg))
+                if card is not None:
+                    names = {"soft prompt": cfg.out_path.name, "report": report.name, "config": config.name}
+                    _write_text(card, model_card(cfg, family, run.tokens, metrics, grid_name, names))
         except WriteError as error:
             raise WriteError(f"{error}; {resume_hint(cfg)}") from None
         checkpoint_path(cfg.out_path).unlink(missing_ok=True)  # the finished file supersedes the checkpoint
+        if cfg.push_to_hub:
+            files = {p.name: p for p in (cfg.out_path, report, config)}
+            files |= {"README.md": card} if card is not None else {}
+            files |= {grid_name: grid} if grid is not None else {}
+            url = push(cfg.push_to_hub, files, f"sd-softprompt: {cfg.out_path.name} ({cfg.steps} steps)")
+            run.log(f"pushed {len(files)} files to {url}")
     acc.wait_for_everyone()
-    return TrainResult(cfg.out_path, report, metrics, pictures)
+    return TrainResult(cfg.out_path, report, metrics, pictures, config, card, url)
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write([(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))])
 
 
 def _spread_between_processes(acc, vectors: dict[str, torch.nn.Parameter]) -> float:
@@ -248,8 +285,8 @@ def _pictures_measure(pipe, soft_text: str, cfg: TrainConfig, metrics: dict, met
     return pictures
 
 
-def _validate(pipe, family: Family, cfg: TrainConfig, soft_text: str, step: int) -> None:
-    """A small grid of the validation prompts at fixed seeds, next to the checkpoints.
+def _validate(pipe, family: Family, cfg: TrainConfig, soft_text: str, step: int) -> Path:
+    """A small grid of the validation prompts at fixed seeds, next to the checkpoints; its path.
 
     A negative soft prompt is shown as what it is for: the first validation prompt (default: a held-out
     positive) drawn with the soft negative, the hard negative and none."""
@@ -277,7 +314,7 @@ def _validate(pipe, family: Family, cfg: TrainConfig, soft_text: str, step: int)
     size = cfg.probe_size if cfg.mode == "text" and cfg.probe_size else min(cfg.resolution, 512)
     device = pipe.text_encoder.device  # parked parts come back for the grid
     with moved_to(pipe, ["vae", family.denoiser], device):
-        run_grid(
+        return run_grid(
             pipe,
             prompts,
             cfg.validation_seeds,
@@ -291,4 +328,4 @@ def _validate(pipe, family: Family, cfg: TrainConfig, soft_text: str, step: int)
             progress=False,
             family=family,
             labels=labels,
-        )
+        )[0]

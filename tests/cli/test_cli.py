@@ -409,3 +409,23 @@ def test_package_import_is_cheap_and_exports_lazily():
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_grid_per_encoder_and_weighting(tiny_dirs, files, tmp_path, capsys):
+    """grid --per-encoder --weighting: a row per encoder subset, the prompt read as ComfyUI weights it."""
+    out = tmp_path / "enc.png"
+    prompt = "([v1][v2][v3]:1.2) mountain view"
+    code, stdout, stderr = _run(
+        capsys, "grid", "--model", tiny_dirs("sdxl"), "--soft", files["sdxl"], "--prompt", prompt,
+        "--per-encoder", "--weighting", "comfyui", "--compare", "mountain view", "--seeds", "0", *FAST, "--out", out,
+    )  # fmt: skip
+    assert code == 0, stderr
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["per_encoder"] == [["clip_l", "clip_g"], ["clip_l"], ["clip_g"], [], None]
+    assert record["weighting"] == "comfyui" and record["prompts"] == [prompt] * 4 + ["mountain view"]
+    code, _, stderr = _run(capsys, "grid", "--model", tiny_dirs("sdxl"), "--prompt", "x", "--per-encoder", *FAST)
+    assert code == 2 and "add --soft FILE" in stderr and len(stderr.strip().splitlines()) == 1
+    code, _, stderr = _run(
+        capsys, "generate", "--model", tiny_dirs("flux"), "--prompt", "(x:2)", "--weighting", "a1111", *FAST
+    )
+    assert code == 2 and "take no weights here" in stderr and len(stderr.strip().splitlines()) == 1

@@ -12,7 +12,7 @@ from PIL import Image
 from sd_softprompt.errors import ConfigError, UnsupportedPipelineError
 from sd_softprompt.families import detect_family
 from sd_softprompt.files.softprompt import SoftPrompt
-from sd_softprompt.inject.loader import load_soft_prompt, unload_soft_prompt
+from sd_softprompt.inject.loader import load_soft_prompt, loaded_soft_prompts, unload_soft_prompt
 from sd_softprompt.models.pipeline import load_pipeline, resolve_dtype
 from sd_softprompt.render.generate import generate, grid_caption, run_grid
 from sd_softprompt.render.grid import grid_geometry
@@ -172,3 +172,45 @@ def test_default_dtype():
     assert resolve_dtype(None, "mps", "StableDiffusionXLPipeline") == torch.float16
     assert resolve_dtype(None, "mps", "FluxPipeline") == torch.bfloat16  # fp16 overflows in Flux
     assert resolve_dtype("bf16", "cpu") == torch.bfloat16 and resolve_dtype("float16", "cpu") == torch.float16
+
+
+def test_per_encoder_grid_draws_a_row_per_encoder_subset(flux, tmp_path):
+    """Flux: rows for clip_l + t5xxl, clip_l, t5xxl and none; each row what generate draws with only those
+    encoders' vectors loaded; afterwards every vector is loaded again."""
+    from sd_softprompt.render.generate import generate_batch, run_encoder_grid
+
+    pipe = _quiet(flux)
+    soft, prompt, seeds = _soft(pipe, 0), "[v1][v2][v3] mountain view", [0, 1]
+    # a grid row is one batched call; on the CPU a batch may differ from single calls in the last bit
+    row = lambda p: np.asarray(generate_batch(pipe, p, seeds, 2, 5.0, 64, 64)[1])  # noqa: E731
+    load_soft_prompt(pipe, soft)
+    full = row(prompt)
+    grid_path, json_path = run_encoder_grid(
+        pipe, [soft], prompt, seeds, compare=["mountain view"], model_name="tiny-flux", out=tmp_path / "g.png", **FAST
+    )
+    record = json.loads(json_path.read_text())
+    subsets = [["clip_l", "t5xxl"], ["clip_l"], ["t5xxl"], []]
+    assert record["per_encoder"] == subsets + [None]
+    assert record["prompts"] == [prompt] * 4 + ["mountain view"]
+    labels = [f"{prompt} | vectors: {' + '.join(s) if s else 'none'}" for s in subsets] + ["mountain view"]
+    geometry = grid_geometry(
+        5,
+        2,
+        64,
+        64,
+        row_labels=labels,
+        col_labels=["seed 0", "seed 1"],
+        caption=grid_caption("tiny-flux", 2, 5.0, 64, 64),
+    )
+    grid = Image.open(grid_path).convert("RGB")
+    assert grid.size == geometry.size
+    cells = [np.asarray(grid.crop(geometry.cells[r][1])) for r in range(5)]
+    assert np.array_equal(cells[0], full)  # every encoder: the usual load
+    assert all(not np.array_equal(cells[0], cells[r]) for r in (1, 2, 3))
+    assert [(e.encoders, e.blank) for e in loaded_soft_prompts(pipe)] == [(("clip_l", "t5xxl"), ())]  # as before
+    unload_soft_prompt(pipe)
+    for r, keys in ((1, ["clip_l"]), (2, ["t5xxl"]), (3, [])):
+        load_soft_prompt(pipe, soft, encoders=keys)
+        assert np.array_equal(cells[r], row(prompt)), keys
+        unload_soft_prompt(pipe)
+    assert np.array_equal(cells[4], row("mountain view"))
