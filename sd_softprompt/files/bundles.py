@@ -111,6 +111,9 @@ def write_bundle(prompt: Storable, lora: Path, out: Path, name: str) -> Path:
         raise FormatError(f"{lora}: no such file; --lora takes the LoRA .safetensors file to add the soft prompt to")
     if sniff(lora) != "safetensors":
         raise FormatError(f"{lora}: not a safetensors file; bundles are written into .safetensors LoRA files only")
+    out = out if out.suffix else out.with_suffix(".safetensors")
+    if out.suffix != ".safetensors":  # ComfyUI and InvokeAI pick the reader by the extension
+        raise SoftPromptError(f"{out}: a LoRA bundle is written as safetensors; name it {out.stem}.safetensors")
     if not name or "." in name:
         raise SoftPromptError(f"bundle name {name!r}: give a name without dots (it becomes bundle_emb.<name>.<key>)")
     if name in bundle_names(lora):
