@@ -13,7 +13,7 @@ in models/builtin.py.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -29,7 +29,7 @@ from .checks import check_config, read_target
 from .config import TrainConfig
 from .loop import LoopResult, Run, StepHook, lr_factor, run_loop, unused_in_loop
 from .measure import EVAL_CONTEXTS, Probe, distance_report, join, negative_report
-from .objectives import positives_for
+from .objectives import positives_for, training_resolution
 from .rows import initial_vectors, moved_to, vocab_norm
 
 __all__ = [
@@ -133,6 +133,7 @@ def train(cfg: TrainConfig, pipe=None, *, around_step: StepHook | None = None) -
     check_config(cfg)
     try:
         run = _setup(cfg, pipe)
+        cfg = replace(cfg, resolution=training_resolution(run.pipe, run.family, cfg))  # the model's, unless given
         try:
             validate = lambda step: _validate(run.pipe, run.family, cfg, "".join(run.tokens), step)  # noqa: E731
             done = run_loop(cfg, run, around_step or (lambda step: nullcontext()), validate)
