@@ -7,7 +7,9 @@ What the tools do (their source, November 2026):
   per NAME (``string_to_param.<k>`` becomes ``{"string_to_param": {k: tensor}}``) and read it like an
   embedding file: A1111's ``.pt`` layout, a clip_l + clip_g pair, or a dict holding a single tensor (so
   OneTrainer's SD1 ``clip_l`` + ``clip_l_out`` pair is skipped there).
-- ComfyUI and diffusers' ``load_lora_weights`` do not read bundled embeddings.
+- ComfyUI's ``load_embed`` (comfy/sd1_clip.py), given the LoRA file as an embedding, joins every
+  ``bundle_emb.*.<key>`` for the key its tokenizer asks for (``clip_l``, ``clip_g``, ``t5xxl``, ...): it reads
+  the CLIP vectors, not OneTrainer's ``t5`` (scripts/check_clients.py). diffusers' ``load_lora_weights`` reads none.
 
 Each NAME's dict goes through the same layout readers as an embedding file. Written bundles use OneTrainer's
 keys (``clip_l``/``clip_g``/``t5``; SD 2.x ``clip_h``), which A1111/Forge read too, and record the soft

@@ -3,9 +3,11 @@ the `comfyui` / `invokeai` targets hold what those clients ask for (scripts/chec
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from sd_softprompt import cli
 from sd_softprompt.errors import SoftPromptError
@@ -87,8 +89,6 @@ def test_a_name_that_hides_the_content_is_refused_in_one_line(family, fmt, name,
 
 def test_a_bundle_is_never_written_under_a_pickle_name(tmp_path):
     lora = tmp_path / "style.safetensors"
-    from safetensors.torch import save_file
-
     save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, str(lora))
     with pytest.raises(SoftPromptError, match=r"name it out\.safetensors"):
         bundle_into_lora(real("sdxl"), lora, tmp_path / "out.pt")
@@ -173,3 +173,66 @@ def test_convert_help_names_the_client_targets(capsys):
     assert cli.main(["convert", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "comfyui, invokeai: the layout that client installs and loads" in out
+
+
+# ---- items 2, 3, 7: the docs say what the clients' own code did (scripts/check_clients.py's table) ------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tables(text: str) -> list[list[list[str]]]:
+    """The markdown tables in ``text``: rows of cells, the header row first, the separator row dropped."""
+    found, rows = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-"):
+                rows.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif rows:
+            found, rows = [*found, rows], []
+    return found
+
+
+def checked() -> tuple[list[list[str]], list[list[str]]]:
+    text = (ROOT / "docs" / "formats.md").read_text(encoding="utf-8")
+    full, summary = tables(text[text.index("## Which client reads what") :])[:2]
+    return full, summary
+
+
+def test_the_checked_table_covers_every_file_the_writers_write(tmp_path):
+    full, _ = checked()
+    listed = {(row[0].strip("`"), row[1], row[2]) for row in full[1:]}
+    written = set()
+    lora = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, str(lora))
+    for family in FAMILIES:
+        for target in (*FORMATS, "bundle"):
+            for ext in (".safetensors", ".pt"):
+                out = tmp_path / family / target / ext.strip(".")
+                out.mkdir(parents=True)
+                try:
+                    if target == "bundle":
+                        bundle_into_lora(real(family), lora, out / f"sun{ext}")
+                    else:
+                        real(family).save(out if target == "diffusers" else out / f"sun{ext}", format=target)
+                except SoftPromptError:
+                    continue
+                written.add((target, "folder" if target == "diffusers" else ext, family))
+    assert listed == written
+
+
+def test_the_readme_format_table_is_the_checks_and_says_what_the_clients_did():
+    full, summary = checked()
+    header, cells = full[0], {tuple(row[:3]): dict(zip(full[0][3:], row[3:])) for row in full[1:]}
+    # the summary is the full table's yes cells by target (as the script sums it up), and the README shows it
+    for row in summary[1:]:
+        for client, families in zip(header[3:], row[2:]):
+            mine = {f: c[client] for (t, e, f), c in cells.items() if (t, e) == (row[0], row[1])}
+            good = [f for f, cell in mine.items() if cell == "yes"]
+            assert families == (", ".join(good) or ("no" if any(c != "-" for c in mine.values()) else "-"))
+    assert summary in tables((ROOT / "README.md").read_text(encoding="utf-8"))
+    every = {"ComfyUI": ["sd1", "sd2", "sdxl", "sd3", "flux", "lumina2"], "InvokeAI": ["sd1", "sd2", "sdxl"]}
+    for client, target in (("ComfyUI", "comfyui"), ("InvokeAI", "invokeai")):  # items 2 and 3
+        assert all(cells[(f"`{target}`", ".safetensors", f)][client] == "yes" for f in every[client])
+    # item 7: ComfyUI reads the CLIP vectors bundled in LoRA files; the docs no longer say it does not
+    assert cells[("`bundle`", ".safetensors", "sdxl")]["ComfyUI"] == "yes"
+    assert "ComfyUI and diffusers do not" not in (ROOT / "docs" / "formats.md").read_text(encoding="utf-8")
