@@ -1,6 +1,6 @@
 """Train the toy world's StableDiffusionPipeline from scratch on rendered scenes; write a diffusers folder.
 
-    python scripts/train_toyworld.py                       # -> sd_softprompt/models/toyworld/model (fp16 safetensors)
+    python scripts/train_toyworld.py                       # -> sd_softprompt/models/toyworld/model (safetensors)
     python scripts/train_toyworld.py --vae-steps 20 --steps 20 --out /tmp/tw-smoke   # end-to-end smoke run
 
 Stages, each resumable from its last checkpoint in --work (rerun the same command after a stop):
@@ -199,6 +199,10 @@ def write_pipeline(out: Path, tokenizer, text_encoder, unet, vae, scaling: float
         feature_extractor=None,
         requires_safety_checker=False,
     ).to(torch.float16)
+    # The text encoder in fp32 (0.66 MB): transformers >= 5 loads the stored dtype, diffusers its models in fp32,
+    # so a plain DiffusionPipeline.from_pretrained(folder) must find both in fp32 (and textual-inversion
+    # scripts train that table in place). The UNet and VAE stay fp16 on disk; every loader widens them.
+    pipe.text_encoder.to(torch.float32)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         import shutil

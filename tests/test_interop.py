@@ -12,15 +12,16 @@ from sd_softprompt.inject.loader import load_soft_prompt
 from sd_softprompt.models import tiny
 
 PROMPT = "{} mountain view"
+CLIP = ["native", "diffusers", "a1111", "kohya", "onetrainer", "comfyui", "invokeai"]
 WRITABLE = {
-    "sd1": ["native", "diffusers", "a1111", "kohya", "onetrainer"],
-    "sd2": ["native", "diffusers", "a1111", "kohya", "onetrainer"],
-    "sdxl": ["native", "diffusers", "a1111", "kohya", "onetrainer"],
-    "flux": ["native", "diffusers", "onetrainer"],
-    "sd3": ["native", "onetrainer"],  # ComfyUI (native keys) and OneTrainer ("t5") hold SD3 files
-    "chroma": ["native", "diffusers", "onetrainer"],  # T5-only families
-    "pixart_sigma": ["native", "onetrainer"],
-    "hidream": ["native", "onetrainer"],  # ComfyUI (native keys) and OneTrainer ("t5", the others as ours)
+    "sd1": CLIP,
+    "sd2": CLIP,
+    "sdxl": CLIP,
+    "flux": ["native", "diffusers", "onetrainer", "comfyui"],
+    "sd3": ["native", "onetrainer", "comfyui"],  # ComfyUI (native keys) and OneTrainer ("t5") hold SD3 files
+    "chroma": ["native", "diffusers", "onetrainer", "comfyui"],  # T5-only families
+    "pixart_sigma": ["native", "onetrainer", "comfyui"],
+    "hidream": ["native", "onetrainer", "comfyui"],  # ComfyUI (native keys) and OneTrainer ("t5", the others as ours)
 }
 CASES = [(f, fmt) for f, fmts in WRITABLE.items() for fmt in fmts]
 

@@ -236,7 +236,8 @@ def _add_convert(commands) -> None:
         "--to",
         required=True,
         choices=(*FORMATS, "bundle"),
-        help="target format; bundle: a copy of --lora with the soft prompt added as bundle_emb.NAME.*",
+        help="target format; comfyui, invokeai: the layout that client installs and loads for every family it "
+        "runs (one file); bundle: a copy of --lora with the soft prompt added as bundle_emb.NAME.*",
     )
     p.add_argument("--lora", metavar="LORA", help="with --to bundle: the LoRA .safetensors file to copy (unchanged)")
     p.add_argument(

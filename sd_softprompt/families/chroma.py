@@ -95,5 +95,5 @@ CHROMA = Family(
     no_negative=no_negative_chroma,
     prefers_bf16=True,
     # ComfyUI (native t5xxl key), diffusers (ChromaPipeline has load_textual_inversion), OneTrainer ("t5")
-    formats=("native", "diffusers", "onetrainer"),
+    formats=("native", "diffusers", "onetrainer", "comfyui"),  # ComfyUI asks for t5xxl
 )

@@ -103,5 +103,5 @@ FLUX = Family(
     encode_long=encode_flux_long,
     no_negative=no_negative_flux,
     prefers_bf16=True,
-    formats=("native", "diffusers", "onetrainer"),  # A1111 and kohya have no Flux embeddings
+    formats=("native", "diffusers", "onetrainer", "comfyui"),  # A1111, kohya and InvokeAI have no Flux embeddings
 )

@@ -101,5 +101,5 @@ HIDREAM = Family(
     no_negative=no_negative_hidream,
     prefers_bf16=True,
     # ComfyUI (native keys) and OneTrainer; diffusers' HiDream pipeline has no textual-inversion loader
-    formats=("native", "onetrainer"),
+    formats=("native", "onetrainer", "comfyui"),  # ComfyUI: clip_l, clip_g, t5xxl, llama
 )

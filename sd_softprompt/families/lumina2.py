@@ -107,7 +107,7 @@ LUMINA2 = Family(
     encode_long=encode_lumina2_long,
     no_negative=no_negative_lumina2,
     prefers_bf16=True,  # Gemma 2 overflows in fp16
-    formats=("native",),
+    formats=("native", "comfyui"),  # ComfyUI's Lumina 2 tokenizer asks for gemma2_2b
     prompt_span=prompt_span(lumina2_state_ids),
     prompt_window=_prompt_window,
 )

@@ -99,5 +99,5 @@ PIXART_SIGMA = Family(
     no_negative=no_negative_pixart,
     lowercases_prompts=True,
     # ComfyUI (native t5xxl key) and OneTrainer ("t5"); diffusers' PixArt pipelines have no loader
-    formats=("native", "onetrainer"),
+    formats=("native", "onetrainer", "comfyui"),  # ComfyUI asks for t5xxl
 )

@@ -101,5 +101,6 @@ SD3 = Family(
     state_tokenizers=("tokenizer", "tokenizer_3"),  # a 77-position CLIP segment, then T5's
     encode_long=encode_sd3_long,
     no_negative=no_negative_sd3,
-    formats=("native", "onetrainer"),  # ComfyUI and OneTrainer read SD3 embeddings; diffusers' SD3 has no loader
+    # ComfyUI and OneTrainer read SD3 embeddings; diffusers' SD3 has no loader
+    formats=("native", "onetrainer", "comfyui"),
 )

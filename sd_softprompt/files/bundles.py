@@ -7,7 +7,9 @@ What the tools do (their source, November 2026):
   per NAME (``string_to_param.<k>`` becomes ``{"string_to_param": {k: tensor}}``) and read it like an
   embedding file: A1111's ``.pt`` layout, a clip_l + clip_g pair, or a dict holding a single tensor (so
   OneTrainer's SD1 ``clip_l`` + ``clip_l_out`` pair is skipped there).
-- ComfyUI and diffusers' ``load_lora_weights`` do not read bundled embeddings.
+- ComfyUI's ``load_embed`` (comfy/sd1_clip.py), given the LoRA file as an embedding, joins every
+  ``bundle_emb.*.<key>`` for the key its tokenizer asks for (``clip_l``, ``clip_g``, ``t5xxl``, ...): it reads
+  the CLIP vectors, not OneTrainer's ``t5`` (scripts/check_clients.py). diffusers' ``load_lora_weights`` reads none.
 
 Each NAME's dict goes through the same layout readers as an embedding file. Written bundles use OneTrainer's
 keys (``clip_l``/``clip_g``/``t5``; SD 2.x ``clip_h``), which A1111/Forge read too, and record the soft
@@ -111,6 +113,9 @@ def write_bundle(prompt: Storable, lora: Path, out: Path, name: str) -> Path:
         raise FormatError(f"{lora}: no such file; --lora takes the LoRA .safetensors file to add the soft prompt to")
     if sniff(lora) != "safetensors":
         raise FormatError(f"{lora}: not a safetensors file; bundles are written into .safetensors LoRA files only")
+    out = out if out.suffix else out.with_suffix(".safetensors")
+    if out.suffix != ".safetensors":  # ComfyUI and InvokeAI pick the reader by the extension
+        raise SoftPromptError(f"{out}: a LoRA bundle is written as safetensors; name it {out.stem}.safetensors")
     if not name or "." in name:
         raise SoftPromptError(f"bundle name {name!r}: give a name without dots (it becomes bundle_emb.<name>.<key>)")
     if name in bundle_names(lora):

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 ENCODER_KEYS = tuple(dict.fromkeys(e.key for f in FAMILIES.values() for e in f.encoders))
 REAL_WIDTHS = {e.key: e.width for f in FAMILIES.values() for e in f.encoders}
 UNASSIGNED = "*"
-FORMATS = ("native", "diffusers", "a1111", "kohya", "onetrainer")
+# The tools' own layouts, then targets named for a client: the layout that client's own code reads for every
+# family it runs (scripts/check_clients.py checks them). comfyui: the native keys; invokeai: kohya's layout.
+FORMATS = ("native", "diffusers", "a1111", "kohya", "onetrainer", "comfyui", "invokeai")
 FORMAT_VERSION = "sd-softprompt/1"
 MAX_VECTORS = 75
 

@@ -77,11 +77,24 @@ def _safe_stem(name: str) -> str:
     return stem or "softprompt"
 
 
-def _file_target(path: Path, prompt: Storable, suffix: str) -> Path:
-    """An existing folder gets ``<name><suffix>`` inside it; a bare name gets the suffix."""
+PICKLE_SUFFIXES = (".pt", ".bin")  # what A1111, ComfyUI and InvokeAI open with torch.load
+
+
+def _file_target(path: Path, prompt: Storable, suffix: str, also: tuple[str, ...] = (), hint: str = "") -> Path:
+    """An existing folder gets ``<name><suffix>`` inside it; a bare name gets the suffix; a named file must end
+    in ``suffix`` (or one of ``also``): ComfyUI and InvokeAI pick the reader by the extension, so a file's
+    extension must say what it holds."""
     if path.is_dir():
         return path / f"{_safe_stem(prompt.name)}{suffix}"
-    return path if path.suffix else path.with_suffix(suffix)
+    if not path.suffix:
+        return path.with_suffix(suffix)
+    if path.suffix in (suffix, *also):
+        return path
+    kind, other = ("safetensors", "a pickle") if suffix == ".safetensors" else ("a pickle", "safetensors")
+    raise SoftPromptError(
+        f"{path}: this format is written as {kind}, and ComfyUI and InvokeAI would read a {path.suffix} file as "
+        f"{other}; name it {path.with_suffix(suffix).name}{hint}"
+    )
 
 
 def _safetensors_job(target: Path, tensors: dict[str, torch.Tensor], header: dict[str, str]):
@@ -112,6 +125,11 @@ def _diffusers_target(path: Path, second: bool = False) -> Path:
     suffix = "_2" if second else ""
     if path.is_dir() or not path.suffix:
         return path / f"{DIFFUSERS_FILE}{suffix}.safetensors"
+    if path.suffix != ".safetensors":  # diffusers reads a .bin with torch.load
+        raise SoftPromptError(
+            f"{path}: diffusers files are written as safetensors; name it {path.with_suffix('.safetensors').name} "
+            "or give a folder"
+        )
     return path.with_name(f"{path.stem}{suffix}{path.suffix}")
 
 
@@ -135,11 +153,18 @@ def _write_diffusers_pair(prompt: Storable, path: Path) -> list[Path]:
     )
 
 
-def _keyed_writer(file_keys: dict[str, str], target: Callable[[Path, Storable], Path]) -> _Writer:
-    """Writer for one safetensors file whose keys are the encoders, renamed by ``file_keys``."""
+def _keyed_writer(
+    file_keys: dict[str, str], target: Callable[[Path, Storable], Path], pickle_too: bool = False
+) -> _Writer:
+    """Writer for one safetensors file whose keys are the encoders, renamed by ``file_keys``; ``pickle_too``: a
+    .pt/.bin name gets the same dict as a pickle (A1111 reads its SDXL embeddings either way)."""
 
     def write(prompt: Storable, path: Path) -> list[Path]:
         tensors = {file_keys.get(key, key): tensor for key, tensor in prompt.vectors.items()}
+        if pickle_too and not path.is_dir() and path.suffix in PICKLE_SUFFIXES:
+            # Tensors only (A1111's SDXL reader calls .detach() on every value): torch.load(weights_only=True) reads it.
+            data = {key: _cpu(tensor) for key, tensor in tensors.items()}
+            return atomic_write([(path, bytes_writer(torch_bytes(data)))])
         return atomic_write([_safetensors_job(target(path, prompt), tensors, _header(prompt, "pt"))])
 
     return write
@@ -149,7 +174,7 @@ def _single_key_writer(file_key: str) -> _Writer:
     """Writer for a one-tensor safetensors layout under a fixed key (kohya, OneTrainer SD1/2)."""
 
     def write(prompt: Storable, path: Path) -> list[Path]:
-        target = _file_target(path, prompt, ".safetensors")
+        target = _file_target(path, prompt, ".safetensors", hint=" (for a .pt, convert --to a1111)")
         return atomic_write([_safetensors_job(target, {file_key: _only(prompt)}, _header(prompt, "pt"))])
 
     return write
@@ -165,7 +190,7 @@ def _write_a1111_pt(prompt: Storable, path: Path) -> list[Path]:
         "sd_checkpoint": prompt.metadata.get("base_model_hash"),
         "sd_checkpoint_name": prompt.metadata.get("base_model"),
     }
-    target = _file_target(path, prompt, ".pt")
+    target = _file_target(path, prompt, ".pt", also=PICKLE_SUFFIXES, hint=" (for a .safetensors, convert --to kohya)")
     return atomic_write([(target, bytes_writer(torch_bytes(data)))])
 
 
@@ -205,13 +230,23 @@ def _write_onetrainer_single(prompt: Storable, path: Path) -> list[Path]:
 # Which families a format may hold is the family table's `formats`; here only how each format lays them out.
 _LAYOUT_WRITERS: dict[str, dict[str, _Writer]] = {
     "diffusers": {"single": _write_diffusers_single, "multi": _write_diffusers_multi},
-    "a1111": {"single": _write_a1111_pt, "multi": _keyed_writer(_SAME_KEYS, _in_file)},
+    "a1111": {"single": _write_a1111_pt, "multi": _keyed_writer(_SAME_KEYS, _in_file, pickle_too=True)},
     "kohya": {"single": _single_key_writer("emb_params"), "multi": _keyed_writer(_SAME_KEYS, _in_file)},
     "onetrainer": {
         "single": lambda prompt, path: _write_onetrainer_single(prompt, path),
         "multi": _keyed_writer(_T5_AS_T5, _in_file),
     },
+    # InvokeAI's installer reads a single tensor's width from shape[0] unless the file says string_to_param,
+    # emb_params or clip_g: kohya's layout (one safetensors file) is the one its installer and loader both take.
+    "invokeai": {"single": _single_key_writer("emb_params"), "multi": _keyed_writer(_SAME_KEYS, _in_file)},
 }
+
+
+def _write_comfyui(prompt: Storable, path: Path) -> list[Path]:
+    # ComfyUI's tokenizers ask a file for clip_l, clip_g, t5xxl (and gemma2_2b): the native keys. Unlike
+    # native, refused for a family ComfyUI does not run.
+    _layout(prompt, "comfyui")
+    return _write_native(prompt, path)
 
 
 def _by_layout(format_name: str) -> _Writer:
@@ -227,4 +262,6 @@ def _by_layout(format_name: str) -> _Writer:
 WRITERS: dict[str, _Writer] = {
     "native": _write_native,
     **{name: _by_layout(name) for name in _LAYOUT_WRITERS},
+    "comfyui": _write_comfyui,
 }
+WRITERS = {name: WRITERS[name] for name in FORMATS}  # in FORMATS' order

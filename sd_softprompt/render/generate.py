@@ -156,19 +156,23 @@ def run_grid(
     started = time.perf_counter()
     rows: list[list[Image.Image]] = []
     seconds: list[float] = []
-    with tqdm(total=len(prompts) * len(seeds), desc="grid", unit="image", disable=not progress) as bar:
-        for row, (prompt, negative) in enumerate(zip(prompts, negatives)):  # one batched call per row
+    reused = [
+        drawn is not None and negative is None and prompt in drawn for prompt, negative in zip(prompts, negatives)
+    ]
+    to_draw = (len(prompts) - sum(reused)) * len(seeds)  # the bar counts (and times) only pictures drawn here
+    with tqdm(total=to_draw, desc="grid", unit="image", disable=not progress or not to_draw) as bar:
+        for row, (prompt, negative, again) in enumerate(zip(prompts, negatives, reused)):  # one call per row
             if before_row is not None:
                 before_row(row)
             tick = time.perf_counter()
-            if drawn is not None and negative is None and prompt in drawn:
+            if again:
                 rows.append(list(drawn[prompt]))
             else:
                 rows.append(
                     generate_batch(pipe, prompt, seeds, steps, guidance, height, width, negative, family, weighting)
                 )
+                bar.update(len(seeds))
             seconds.append(round(time.perf_counter() - tick, 3))
-            bar.update(len(seeds))
 
     cell_w, cell_h = rows[0][0].size
     caption = grid_caption(model_name, steps, guidance, cell_h, cell_w)

@@ -112,7 +112,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     for flag, (name, low, low_ok, whole) in _NUMBERS.items():
         value = getattr(cfg, name)
-        if value is None and name in ("probe_size", "snr_gamma"):
+        if value is None and name in ("probe_size", "snr_gamma", "resolution"):
             continue
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if (

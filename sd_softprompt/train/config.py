@@ -79,7 +79,7 @@ class TrainConfig:
     )
     name: str | None = option(None, "name stored in the file (default: the file stem)")
     # images mode
-    resolution: int = option(512, "images mode: training resolution", type=int)
+    resolution: int | None = option(None, "images mode: training resolution (default: the model's own size)", type=int)
     flip: bool = option(True, "images mode: no random horizontal flips", flag="--no-flip", action="store_false")
     style: bool = option(False, "images mode: style captions instead of object captions", action="store_true")
     validate_every: int = option(0, "steps between validation grids (0: none)", type=int)

@@ -204,6 +204,11 @@ class TextObjective:
         return encode_unique(self.pipe, self.family, [join(self.soft_text, self.contexts[i]) for i in contexts])
 
 
+def training_resolution(pipe, family: Family, cfg: TrainConfig) -> int:
+    """--resolution, else the model's own size (SD 1.5: 512, SDXL and Flux: 1024, the toy world: 64)."""
+    return cfg.resolution or family.native_size(pipe)
+
+
 class ImageObjective:
     """Textual inversion: the denoiser's loss on VAE latents encoded once (with flipped copies)."""
 
@@ -222,13 +227,14 @@ class ImageObjective:
         templates = STYLE_TEMPLATES if cfg.style else OBJECT_TEMPLATES
         vae = pipe.vae
         multiple = pipe.vae_scale_factor * family.latent_patch
-        if cfg.resolution % multiple:
-            raise ConfigError(f"--resolution {cfg.resolution}: a {family.name} model needs a multiple of {multiple}")
+        resolution = training_resolution(pipe, family, cfg)
+        if resolution % multiple:
+            raise ConfigError(f"--resolution {resolution}: a {family.name} model needs a multiple of {multiple}")
         shift = vae.config.get("shift_factor") or 0.0  # Flux's and SD3's VAE latents are shifted, SD's are not
         latents, self.captions = [], []
         with torch.no_grad():  # the VAE runs once per image, never per step
             for p in paths:
-                x = load_image(p, cfg.resolution).unsqueeze(0).to(vae.device, vae.dtype)
+                x = load_image(p, resolution).unsqueeze(0).to(vae.device, vae.dtype)
                 views = [x, x.flip(-1)] if cfg.flip else [x]
                 for v in views:
                     if family.vae_latents is not None:  # a VAE the pipeline normalises its own way

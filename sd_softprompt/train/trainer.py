@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ from .config import TrainConfig
 from .config_file import config_toml
 from .loop import LoopResult, Run, StepHook, lr_factor, run_loop, unused_in_loop
 from .measure import EVAL_CONTEXTS, Probe, distance_report, join, negative_report
-from .objectives import positives_for
+from .objectives import positives_for, training_resolution
 from .rows import initial_vectors, moved_to, vocab_norm
 from .tracking import accelerator_options, finish_tracking, log_final, log_image, start_tracking
 
@@ -142,6 +142,7 @@ def train(cfg: TrainConfig, pipe=None, *, around_step: StepHook | None = None) -
     check_config(cfg)
     try:
         run = _setup(cfg, pipe)
+        cfg = replace(cfg, resolution=training_resolution(run.pipe, run.family, cfg))  # the model's, unless given
         grids: list[Path] = []  # this run's validation grids
 
         def validate(step: int) -> None:

@@ -28,8 +28,12 @@ FAMILY_KEYS = {
     "flux": {"clip_l": 768, "t5xxl": 4096},
     "sd3": {"clip_l": 768, "clip_g": 1280, "t5xxl": 4096},
 }
-HOLDERS = {"flux": "native, diffusers, onetrainer", "sd3": "native, onetrainer"}  # the formats that can
+HOLDERS = {
+    "flux": "native, diffusers, onetrainer, comfyui",
+    "sd3": "native, onetrainer, comfyui",
+}  # the formats that can
 IMPOSSIBLE = {("a1111", "flux"), ("kohya", "flux"), ("diffusers", "sd3"), ("a1111", "sd3"), ("kohya", "sd3")}
+IMPOSSIBLE |= {("invokeai", "flux"), ("invokeai", "sd3")}  # InvokeAI has embeddings for SD 1.x/2.x and SDXL only
 
 
 def vectors(n: int, width: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
@@ -62,7 +66,7 @@ def test_constants():
 
     assert tuple(dict.fromkeys(e.key for f in FAMILIES.values() for e in f.encoders)) == ENCODER_KEYS
     assert ENCODER_KEYS[:4] == ("clip_l", "clip_h", "clip_g", "t5xxl")
-    assert FORMATS == ("native", "diffusers", "a1111", "kohya", "onetrainer")
+    assert FORMATS == ("native", "diffusers", "a1111", "kohya", "onetrainer", "comfyui", "invokeai")
     assert MAX_VECTORS == 75 and UNASSIGNED == "*" and FORMAT_VERSION == "sd-softprompt/1"
     assert default_tokens(3) == ["[v1]", "[v2]", "[v3]"]
     assert tuple(writers.WRITERS) == FORMATS  # the writer table covers exactly the public formats

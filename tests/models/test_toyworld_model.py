@@ -31,6 +31,24 @@ def toy():
     return load_pipeline(NAME, device="cpu", progress=False)
 
 
+def test_the_shipped_folder_works_in_plain_diffusers_in_its_default_dtype():
+    """As the README shows it: DiffusionPipeline.from_pretrained(folder), no dtype, then one call. diffusers gives
+    its models fp32 and transformers >= 5 keeps the text encoder's stored dtype, so the text encoder is stored in
+    fp32 (stored fp16, the first call failed: "mat1 and mat2 must have the same dtype"; and diffusers'
+    textual-inversion script, which loads CLIPTextModel from the folder, trained an fp16 table into NaN)."""
+    import torch
+    from diffusers import DiffusionPipeline
+    from transformers import CLIPTextModel
+
+    pipe = DiffusionPipeline.from_pretrained(str(MODEL_DIR))
+    pipe.set_progress_bar_config(disable=True)
+    assert {pipe.text_encoder.dtype, pipe.unet.dtype, pipe.vae.dtype} == {torch.float32}
+    generator = torch.Generator().manual_seed(0)
+    image = pipe("a lake at sunrise", num_inference_steps=1, generator=generator, output_type="np").images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+    assert CLIPTextModel.from_pretrained(MODEL_DIR / "text_encoder").dtype == torch.float32
+
+
 def _f(pipe, prompt: str, attributes) -> float:
     return fid.fidelity(fid.draw(pipe, prompt, SEEDS), attributes)
 

@@ -214,3 +214,33 @@ def test_per_encoder_grid_draws_a_row_per_encoder_subset(flux, tmp_path):
         assert np.array_equal(cells[r], row(prompt)), keys
         unload_soft_prompt(pipe)
     assert np.array_equal(cells[4], row("mountain view"))
+
+
+def test_the_grid_bar_counts_only_the_pictures_it_draws(sd1, tmp_path, monkeypatch):
+    """Rows reused from pictures already drawn (the demo's) are not counted as drawn, so the bar's count and rate
+    are the drawing's (the demo's bar said "390167.81image/s" over 20 reused pictures)."""
+    import sd_softprompt.render.generate as generate_module
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, disable, **kwargs):
+            self.total, self.disable, self.n = total, disable, 0
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            self.n += n
+
+    monkeypatch.setattr(generate_module, "tqdm", Bar)
+    pipe, seeds = _quiet(sd1), [0, 1]
+    drawn = {"mountain view": [Image.new("RGB", (64, 64))] * len(seeds)}
+    run_grid(pipe, ["mountain view", "a red house"], seeds, model_name="t", out=tmp_path / "a.png", drawn=drawn, **FAST)
+    assert (bars[0].total, bars[0].n, bars[0].disable) == (2, 2, False)  # one row drawn, one reused
+    run_grid(pipe, ["mountain view"], seeds, model_name="t", out=tmp_path / "b.png", drawn=drawn, **FAST)
+    assert (bars[1].total, bars[1].n, bars[1].disable) == (0, 0, True)  # nothing drawn: no bar
