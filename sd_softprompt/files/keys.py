@@ -40,7 +40,7 @@ _KEY_SETS = [frozenset(f.keys) for f in FAMILIES.values()]
 FAMILY_BY_KEYS = {frozenset(f.keys): f.name for f in FAMILIES.values() if _KEY_SETS.count(frozenset(f.keys)) == 1}
 
 UNDERSTOOD_LAYOUTS = (
-    f"native/ComfyUI {'|'.join(ENCODER_KEYS)}, "
+    f"native/ComfyUI ({', '.join(ENCODER_KEYS[:4])}, ... one key per encoder), "
     "diffusers {token: tensor}, "
     "A1111 string_to_param, kohya emb_params, OneTrainer emp_params"
 )

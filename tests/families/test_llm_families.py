@@ -117,8 +117,8 @@ def test_detected_with_its_key_and_real_width(case):
     family = detect_family(pipe)
     assert family.name == name and family.keys == (key,) and family.encoders[0].width == width
     # no textual-inversion loader in diffusers for these pipelines: files are native (ComfyUI keys) only, and
-    # --to comfyui where ComfyUI runs the model (Lumina 2; it has no Sana)
-    comfy = ("comfyui",) if name == "lumina2" else ()
+    # --to comfyui where ComfyUI reads embeddings for the model (Lumina 2, Flux.2 Klein; not Sana, not Qwen-Image)
+    comfy = ("comfyui",) if name in ("lumina2", "flux2_klein") else ()
     assert not hasattr(pipe, "load_textual_inversion") and family.formats == ("native", *comfy)
 
 
