@@ -24,7 +24,7 @@ from ..files.atomic import together, write_json
 from ..files.softprompt import SoftPrompt
 from ..inject.loader import load_soft_prompt, unload_soft_prompt
 from ..models.builtin import builtin_of
-from .checkpoints import checkpoint_path, resume_hint
+from .checkpoints import check_before_run, checkpoint_path, resume_hint
 from .checks import check_config, read_target
 from .config import TrainConfig
 from .loop import LoopResult, Run, StepHook, lr_factor, run_loop, unused_in_loop
@@ -131,6 +131,7 @@ def train(cfg: TrainConfig, pipe=None, *, around_step: StepHook | None = None) -
     """
     cfg = read_target(cfg)
     check_config(cfg)
+    check_before_run(cfg)  # a leftover checkpoint, or one of another run: refused before the model loads
     try:
         run = _setup(cfg, pipe)
         try:
