@@ -9,7 +9,7 @@ the package is written against that row. A new family is a new file and one line
 from __future__ import annotations
 
 from ..errors import UnsupportedPipelineError
-from .base import Cond, Encoder, Family, fits_window, prediction_type, prompt_tokens
+from .base import Cond, Encoder, Family, fits_window, prediction_type, prompt_tokens, size_rule
 from .clip import CHUNK, chunk_token_ids
 from .flux import FLUX
 from .lumina2 import LUMINA2
@@ -30,6 +30,7 @@ __all__ = [
     "fits_window",
     "prediction_type",
     "prompt_tokens",
+    "size_rule",
 ]
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (SD1, SD2, SDXL, SD3, FLUX)}

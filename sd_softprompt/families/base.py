@@ -3,6 +3,7 @@ a pipeline through a row (window fit, prediction type). Nothing here names a fam
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,11 @@ class Family:
     # follows the tokenizer's start token, and the window is model_max_length less the tokenizer's specials.
     prompt_span: Callable[[Any, str], tuple[int, int]] | None = None
     prompt_window: Callable[[Any], int] | None = None
+    # What the diffusers pipeline itself demands of a picture's sides, beyond whole latent patches: a multiple
+    # (Sana's pipeline checks 32 whatever the VAE), and (pipe) -> the largest side its positions reach (SD3's
+    # position-embedding grid, Lumina 2's RoPE table), None where there is none.
+    size_multiple: int = 1
+    max_side: Callable[[Any], int | None] = lambda pipe: None
 
     def encoder(self, key: str) -> Encoder:
         return next(e for e in self.encoders if e.key == key)
@@ -72,6 +78,11 @@ def prompt_tokens(pipe, family: Family, prompt: str) -> tuple[int, int]:
         if n > window:
             break
     return n, window
+
+
+def size_rule(pipe, family: Family) -> tuple[int, int | None]:
+    """(the multiple a picture's sides must be, the largest side or None) for this pipeline."""
+    return math.lcm(pipe.vae_scale_factor * family.latent_patch, family.size_multiple), family.max_side(pipe)
 
 
 def fits_window(pipe, family: Family, prompt: str) -> bool:
