@@ -22,6 +22,10 @@ class InvalidVectorsError(FormatError):
     """Tensors that are not usable vectors: wrong rank, not floating, non-finite, all zero, too many."""
 
 
+class SourceError(SoftPromptError, TypeError):
+    """Something given where a soft prompt is read from that is none: not a path, a pair of paths or a SoftPrompt."""
+
+
 class WidthMismatchError(SoftPromptError):
     """A vector width that does not match the text encoder it is meant for."""
 
