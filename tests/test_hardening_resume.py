@@ -162,3 +162,21 @@ def test_a_report_that_cannot_be_replaced_keeps_the_old_pair(error, tiny_dirs, t
     assert files_in(tmp_path) == ["run.checkpoint.pt", "run.report.json", "run.safetensors"]
     for name, data in old.items():
         assert Path(name).read_bytes() == data, name
+
+
+def test_a_new_lr_on_resume_takes_effect(tiny_dirs, tmp_path, capsys, monkeypatch):
+    """What MAY_CHANGE must change: a diverged run is told to resume with a lower --lr."""
+    from sd_softprompt.files.softprompt import SoftPrompt
+
+    monkeypatch.chdir(tmp_path)
+    argv = train_argv(tiny_dirs("sd1"), "run.safetensors", "--checkpoint-every", "1", "--steps", "1")
+    unfinished_run(capsys, monkeypatch, argv)
+    shutil.copy("run.checkpoint.pt", "saved.pt")
+    vectors = {}
+    for lr in ("0.005", "0.5"):  # 0.005: the run's own
+        shutil.copy("saved.pt", "run.checkpoint.pt")
+        code, _, err = run_cli(capsys, *argv, "--resume", "--steps", "3", "--lr", lr)
+        assert code == 0, err
+        vectors[lr] = SoftPrompt.load("run.safetensors").vectors["clip_l"]
+    moved = {lr: float((v - vectors["0.005"]).norm()) for lr, v in vectors.items()}
+    assert moved["0.5"] > 0.1, moved

@@ -223,10 +223,21 @@ def restore(path: Path, state: dict, vectors: dict, optimizer) -> None:
             )
     try:
         optimizer.load_state_dict(state["optimizer"])
-    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+    except Exception as e:  # torch's own checks raise several types
         raise ConfigError(
             f"{path}: its optimizer state does not fit this run ({type(e).__name__}); delete it"
         ) from None
+    # load_state_dict checks the groups, not the moments: a wrong-shaped one would fail at the first step.
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            moments = optimizer.state.get(param, {})
+            if any(
+                not isinstance(value, torch.Tensor)
+                or (value.numel() != 1 if name == "step" else value.shape != param.shape)
+                or not value.is_floating_point()
+                for name, value in moments.items()
+            ):
+                raise ConfigError(f"{path}: its optimizer state does not fit this run's vectors; delete it")
     with torch.no_grad():
         for k, v in vectors.items():
             v.copy_(state["vectors"][k])

@@ -139,6 +139,8 @@ def run_loop(cfg: TrainConfig, run: Run, around_step: StepHook, draw_validation:
     if cfg.resume and ckpt.exists():
         state = load_checkpoint(ckpt, cfg)
         restore(ckpt, state, vectors, optimizer)
+        for group in optimizer.param_groups:  # the checkpoint's own rate would silently win over a new --lr
+            group["lr"] = group["initial_lr"] = cfg.lr
         start, losses = state["step"], list(state["losses"])
         run.log(f"resuming from {ckpt} at step {start}")
     elif cfg.resume:
