@@ -19,6 +19,7 @@ from .errors import (
     InvalidVectorsError,
     MixError,
     SoftPromptError,
+    SourceError,
     TokenCollisionError,
     TrainingDiverged,
     UnsafeFileError,
@@ -62,6 +63,7 @@ __all__ = [
     "UnsupportedPipelineError",
     "ConfigError",
     "WriteError",
+    "SourceError",
     *_LAZY,
 ]
 

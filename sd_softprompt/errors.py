@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import unicodedata
+
 
 class SoftPromptError(Exception):
     """Base class: a user-facing problem (bad file, bad input). The CLI prints it and exits 2."""
@@ -17,6 +20,10 @@ class UnsafeFileError(FormatError):
 
 class InvalidVectorsError(FormatError):
     """Tensors that are not usable vectors: wrong rank, not floating, non-finite, all zero, too many."""
+
+
+class SourceError(SoftPromptError, TypeError):
+    """Something given where a soft prompt is read from that is none: not a path, a pair of paths or a SoftPrompt."""
 
 
 class WidthMismatchError(SoftPromptError):
@@ -58,6 +65,25 @@ def listed(items, limit: int = 5, width: int = 40) -> str:
 
 
 def shorten(text: str, limit: int = 60) -> str:
-    """One line of at most ``limit`` characters."""
-    text = " ".join(str(text).split())
+    """One line of at most ``limit`` characters, control characters escaped (see `printable`)."""
+    return printable(" ".join(str(text)[: limit * 8].split()), limit)
+
+
+# Unicode categories a terminal may act on rather than show: C0/C1 controls (ESC, CR, BEL, CSI), format
+# characters (bidi overrides, zero-width joiners), surrogates, private use, unassigned, line/paragraph separators.
+_UNSAFE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def escaped(text: str, keep: str = "") -> str:
+    """``text`` with every character a terminal could act on written as its JSON escape (``\\u001b``,
+    ``\\u202e``), except those in ``keep`` (``"\\n"`` for text of several lines)."""
+    text = str(text)
+    if text.isprintable():  # the common case, in C
+        return text
+    return "".join(json.dumps(c)[1:-1] if c not in keep and unicodedata.category(c) in _UNSAFE else c for c in text)
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """What a file supplies (metadata, token names, keys), safe to print: escaped, at most ``limit`` characters."""
+    text = escaped(str(text)[: limit * 8])  # a 100 KB value costs no more than its first part
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -200,3 +200,241 @@ def test_mutants_load_cleanly_or_are_refused(name, tmp_path):
 def _write(path, data: bytes):
     path.write_bytes(data)
     return path
+
+
+# ============================================================================== checkpoints (issue 21)
+CHECKPOINT_MUTANTS = 60
+
+
+def _checkpoint_run(tmp_path):
+    """A small valid checkpoint of a text-mode run, the run's config, and fresh vectors and optimizer to resume."""
+    from sd_softprompt.train.checkpoints import checkpoint_path, save_checkpoint
+    from sd_softprompt.train.config import TrainConfig
+
+    cfg = TrainConfig(model="tiny", out=str(tmp_path / "run.safetensors"), target="a lake", vectors=2, steps=4)
+    params = {"clip_l": torch.nn.Parameter(_vectors(2, 32))}
+    optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr)
+    params["clip_l"].sum().backward()
+    optimizer.step()
+    save_checkpoint(checkpoint_path(cfg.out_path), cfg, 2, params, optimizer, [0.5, 0.25])
+    return cfg, checkpoint_path(cfg.out_path)
+
+
+def _state_edits(state: dict, rng: random.Random) -> dict:
+    """A structural edit of a loaded checkpoint: a field of another type, shape or value."""
+    junk = rng.choice([None, 7, -1, 2**70, "x" * 300, [1, 2], {"a": 1}, torch.ones(3), float("nan")])
+    choice = rng.randrange(8)
+    if choice == 0:
+        state[rng.choice(sorted(state))] = junk
+    elif choice == 1:
+        state["run"][rng.choice(sorted(state["run"]))] = junk
+    elif choice == 2:
+        state["step"] = rng.choice([-1, 0, 3, 999, True, 2.5, "2"])
+    elif choice == 3:
+        state["vectors"]["clip_l"] = rng.choice(
+            [
+                torch.ones(2, 64),
+                torch.ones(3, 32),
+                torch.ones(32),
+                torch.zeros(2, 32, dtype=torch.int64),
+                torch.full((2, 32), float("inf")),
+                torch.ones(2, 32, dtype=torch.complex64),
+                torch.ones(2, 32).half(),
+            ]
+        )
+    elif choice == 4:
+        state["vectors"] = rng.choice([{}, {"clip_g": torch.ones(2, 32)}, [torch.ones(2, 32)], None])
+    elif choice == 5:
+        moments = next(iter(state["optimizer"]["state"].values()))
+        moments[rng.choice(["exp_avg", "exp_avg_sq", "step"])] = rng.choice(
+            [torch.ones(5), torch.full((2, 32), float("nan")), None, "x", torch.ones(2, 32, 2)]
+        )
+    elif choice == 6:
+        state["optimizer"] = rng.choice(
+            [{}, {"state": {}, "param_groups": []}, {"param_groups": [{"params": [0, 1]}]}, junk]
+        )
+    else:
+        state["losses"] = rng.choice([[0.5], [0.5, float("nan")], ["a", "b"], None, [0.5] * 3])
+    return state
+
+
+def _checkpoint_outcome(path, cfg) -> str | None:
+    """None when the checkpoint resumes (and one optimizer step runs) or is refused in one line; else what escaped."""
+    from sd_softprompt.errors import ConfigError
+    from sd_softprompt.train.checkpoints import load_checkpoint, restore
+
+    params = {"clip_l": torch.nn.Parameter(torch.zeros(2, 32))}
+    optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr)
+    try:
+        state = load_checkpoint(path, cfg)
+        restore(path, state, params, optimizer)
+        params["clip_l"].sum().backward()
+        optimizer.step()
+    except ConfigError as error:
+        text = str(error)
+        return None if "\n" not in text and len(text) < 300 else f"message not one short line: {text[:200]!r}"
+    except Exception as error:  # noqa: BLE001 (catching everything is what the test is for)
+        return f"{type(error).__name__}: {str(error)[:200]}\n{traceback.format_exc(limit=-3)}"
+    if not torch.isfinite(params["clip_l"]).all():
+        return "resumed to non-finite vectors"
+    return None
+
+
+def test_checkpoint_mutants_resume_or_are_refused(tmp_path):
+    cfg, path = _checkpoint_run(tmp_path)
+    original = path.read_bytes()
+    assert _checkpoint_outcome(path, cfg) is None  # the unmutated checkpoint resumes
+    rng = random.Random("fuzz-checkpoint")
+    escaped, refused = [], 0
+    for i in range(CHECKPOINT_MUTANTS):
+        if i % 2:
+            path.write_bytes(MUTATIONS[i % 3](original, rng))  # flip_bits, truncate, overwrite: the zip's bytes
+        else:
+            state = torch.load(io.BytesIO(original), weights_only=True)
+            path.write_bytes(_torch_bytes(_state_edits(state, rng)))
+        problem = _checkpoint_outcome(path, cfg)
+        if problem:
+            escaped.append(f"mutant {i}: {problem}")
+        else:
+            try:
+                from sd_softprompt.train.checkpoints import load_checkpoint
+
+                load_checkpoint(path, cfg)
+            except Exception:  # noqa: BLE001
+                refused += 1
+    assert not escaped, f"{len(escaped)} of {CHECKPOINT_MUTANTS} escaped:\n" + "\n".join(escaped[:5])
+    assert refused > CHECKPOINT_MUTANTS // 3
+
+
+# ============================================================================== picture folders (issue 21)
+PICTURE_MUTANTS = 80
+
+
+def _picture_bytes() -> dict[str, bytes]:
+    """A PNG, a JPEG with an EXIF block (orientation 6) and a 16-bit PNG, all small."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    pixels = Image.fromarray((torch.rand(24, 40, 3, generator=g) * 255).to(torch.uint8).numpy())
+    out = {}
+    for name, save in (
+        ("a.png", lambda buf: pixels.save(buf, format="PNG")),
+        ("b.jpg", lambda buf: pixels.save(buf, format="JPEG", exif=_exif(6), quality=90)),
+        (
+            "c.png",
+            lambda buf: Image.fromarray((torch.rand(20, 20, generator=g) * 65535).int().numpy().astype("uint16")).save(
+                buf, format="PNG"
+            ),
+        ),
+    ):
+        buffer = io.BytesIO()
+        save(buffer)
+        out[name] = buffer.getvalue()
+    return out
+
+
+def _exif(orientation: int):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+def mutate_picture(data: bytes, rng: random.Random) -> bytes:
+    """A picture's header (PNG IHDR sizes, JPEG markers), its EXIF block or its bytes, mutated."""
+    choice = rng.randrange(5)
+    if choice == 0 and data.startswith(b"\x89PNG"):  # IHDR width/height, with a CRC that still matches (or not)
+        import zlib
+
+        ihdr = bytearray(data[16:29])
+        size = rng.choice([0, 1, 7, 60000, 2**31 - 1, 2**32 - 1, rng.randrange(1, 5000)])
+        struct.pack_into(">I", ihdr, rng.choice([0, 4]), size)
+        crc = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)) if rng.random() < 0.8 else b"\0\0\0\0"
+        return data[:16] + bytes(ihdr) + crc + data[33:]
+    if choice == 1 and b"Exif\0\0" in data:  # the EXIF block: random bytes, or another orientation value
+        start = data.index(b"Exif\0\0") + 6
+        if rng.random() < 0.5:
+            return overwrite(data[: start + 40], rng) + data[start + 40 :]
+        at = data.find(b"\x01\x12", start)
+        if at > 0:
+            value = rng.choice([0, 2, 4, 5, 7, 9, 255, 65535])
+            return data[: at + 8] + struct.pack(">H", value) + data[at + 10 :]
+    if choice == 2 and data.startswith(b"\xff\xd8"):  # a JPEG frame size (SOF0 height, width)
+        at = data.find(b"\xff\xc0")
+        if at > 0:
+            h, w = rng.choice(
+                [(0, 40), (65535, 65535), (1, 65535), (24, 0), (rng.randrange(1, 9000), rng.randrange(1, 9000))]
+            )
+            return data[: at + 5] + struct.pack(">HH", h, w) + data[at + 9 :]
+    return rng.choice([flip_bits, truncate, overwrite])(data, rng)
+
+
+def _caption(rng: random.Random) -> bytes:
+    return rng.choice(
+        [
+            b"\xff\xfe\x00a\x00b",
+            "une photo à Paris".encode("latin-1"),
+            b"a photo of {}" * rng.randrange(1, 200),
+            b"\x00\x1b[2J{}\r\n",
+            bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))),
+            b"x" * 70_000,
+            "日本の{}写真".encode(),
+            b"",
+        ]
+    )
+
+
+def _picture_outcome(folder) -> str | None:
+    """None when every picture reads as a [-1, 1] tensor with its caption, or the folder is refused in one
+    line; else what escaped."""
+    from sd_softprompt.errors import ConfigError
+    from sd_softprompt.train.data import caption_for, load_image, read_image, scan_images
+
+    try:
+        paths, _ = scan_images(str(folder))
+        for path in paths:
+            x = load_image(path, 32)
+            read_image(path)  # a CLIP-I reference picture: the same reader, no draft
+            caption_for(path, "[v1]", ["[v1]"])
+            if x.shape != (3, 32, 32) or not torch.isfinite(x).all() or x.abs().max() > 1:
+                return f"{path.name}: read as {list(x.shape)}, range {float(x.min())}..{float(x.max())}"
+    except ConfigError as error:
+        text = str(error)
+        bad = "\n" in text or len(text) >= 300 or "\x1b" in text
+        return f"message not one short, escaped line: {text[:200]!r}" if bad else None
+    except Exception as error:  # noqa: BLE001 (catching everything is what the test is for)
+        return f"{type(error).__name__}: {str(error)[:200]}\n{traceback.format_exc(limit=-3)}"
+    return None
+
+
+def test_picture_folder_mutants_read_or_are_refused(tmp_path):
+    import warnings
+
+    pictures = _picture_bytes()
+    rng = random.Random("fuzz-pictures")
+    escaped, outcomes = [], {"read": 0, "refused": 0}
+    for i in range(PICTURE_MUTANTS):
+        folder = tmp_path / f"m{i}"
+        folder.mkdir()
+        name = sorted(pictures)[i % len(pictures)]
+        (folder / name).write_bytes(mutate_picture(pictures[name], rng) if i % 4 else pictures[name])
+        if i % 3 == 0:
+            (folder / name).with_suffix(".txt").write_bytes(_caption(rng))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's "corrupt EXIF" chatter
+            problem = _picture_outcome(folder)
+        if problem:
+            escaped.append(f"mutant {i} ({name}): {problem}")
+        else:
+            from sd_softprompt.errors import ConfigError
+            from sd_softprompt.train.data import load_image, scan_images
+
+            try:
+                for path in scan_images(str(folder))[0]:
+                    load_image(path, 32)
+                outcomes["read"] += 1
+            except ConfigError:
+                outcomes["refused"] += 1
+    assert not escaped, f"{len(escaped)} of {PICTURE_MUTANTS} escaped:\n" + "\n".join(escaped[:5])
+    assert outcomes["refused"] > PICTURE_MUTANTS // 5 and outcomes["read"] > PICTURE_MUTANTS // 5, outcomes

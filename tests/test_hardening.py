@@ -570,3 +570,193 @@ def test_full_disk_in_training_keeps_the_checkpoint_and_writes_no_half_pair(
     assert code == 0, err
     assert "resuming from disk/x.checkpoint.pt at step 1" in out
     assert files_in(folder) == ["README.md", "x.config.toml", "x.report.json", "x.safetensors"]  # with its card
+
+
+# ============================================================================== issue 21: the second round
+# ------------------------------------------------------------------------------ writes
+def test_convert_of_a_pair_into_a_folder_in_the_way_keeps_the_old_first_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    SoftPrompt({"clip_l": torch.randn(2, 768, generator=g), "clip_g": torch.randn(2, 1280, generator=g)}).save(
+        "x.safetensors"
+    )
+    out = tmp_path / "pair"
+    out.mkdir()
+    (out / "learned_embeds.safetensors").write_bytes(b"the old first file")
+    (out / "learned_embeds_2.safetensors").mkdir()  # a folder where the second file goes
+    argv = ["convert", "x.safetensors", "--to", "diffusers", "--out", "pair"]
+    line = assert_one_line_error(*run_cli(capsys, *argv)[::2], "learned_embeds_2.safetensors: a folder")
+    assert "nothing was written" in line
+    assert (out / "learned_embeds.safetensors").read_bytes() == b"the old first file"
+    assert files_in(out) == ["learned_embeds.safetensors", "learned_embeds_2.safetensors"]
+
+
+def test_a_group_whose_second_rename_fails_puts_the_old_files_back(tmp_path, monkeypatch):
+    from sd_softprompt.files.atomic import atomic_write, bytes_writer, together
+
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text(f"old {name}")
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "b.txt" and Path(src).name.endswith(".tmp"):
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(WriteError, match=r"b\.txt: cannot write it \(Device or resource busy\)"), together():
+        atomic_write([(tmp_path / "a.txt", bytes_writer(b"new a"))])
+        atomic_write([(tmp_path / "b.txt", bytes_writer(b"new b"))])
+    assert [(tmp_path / n).read_text() for n in ("a.txt", "b.txt")] == ["old a.txt", "old b.txt"]
+    assert files_in(tmp_path) == ["a.txt", "b.txt"]  # no temp file, no kept copy left behind
+
+
+# ------------------------------------------------------------------------------ what a file can print
+HOSTILE = "\x1b[2J\x1b]0;owned\x07\rFORGED LINE \x9b31m \u202eevil"
+
+
+def test_inspect_escapes_what_the_file_says(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    header = {"name": HOSTILE, "note": HOSTILE * 1000, "tokens": json.dumps(["[a]\nFORGED", "[b]\x1b[1A"])}
+    save_file({"clip_l": torch.randn(2, WIDTH)}, "bad.safetensors", metadata={"format": "sd-softprompt/1"} | header)
+    code, out, err = run_cli(capsys, "inspect", "bad.safetensors")
+    assert code == 0, err
+    for raw in ("\x1b", "\x07", "\r", "\x9b", "\u202e"):
+        assert raw not in out
+    assert not any(line.startswith("FORGED") for line in out.splitlines())  # a token name forges no line
+    assert "\\u001b[2J" in out and "[a]\\nFORGED" in out
+    assert max(len(line) for line in out.splitlines()) < 300  # the 50 KB note is capped
+    # --json: the values come back exactly, but nothing in the output is a terminal's to act on.
+    code, out, err = run_cli(capsys, "inspect", "bad.safetensors", "--json")
+    assert code == 0 and not any(raw in out for raw in ("\x1b", "\x9b", "\u202e", "\r"))
+    assert json.loads(out)["metadata"]["name"] == HOSTILE
+
+
+def test_errors_escape_and_cap_what_the_file_says(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_file({"\x1b[2Jkey": torch.ones(1, 4), "other\x1b]0;t\x07": torch.ones(1, 4)}, "keys.safetensors")
+    line = assert_one_line_error(*run_cli(capsys, "inspect", "keys.safetensors")[::2], "unknown embedding layout")
+    assert "\x1b" not in line and "\x07" not in line and "\\u001b[2Jkey" in line
+    # A 100 KB family string: the line stays short, and the advice at its end survives the cap.
+    g = torch.Generator().manual_seed(0)
+    save_file({"clip_l": torch.randn(2, 768, generator=g)}, "fam.safetensors", metadata={"family": "x" * 100_000})
+    line = assert_one_line_error(*run_cli(capsys, "convert", "fam.safetensors", "--to", "kohya", "--out", "k")[::2])
+    from sd_softprompt.families import FAMILIES
+
+    assert line.endswith(f"set metadata['family'] to one of {', '.join(FAMILIES)}"), line
+
+
+# ------------------------------------------------------------------------------ sizes in generate / grid
+def gen_argv(model: str, *sizes) -> list[str]:
+    return ["generate", "--model", model, "--prompt", "a lake", "--steps", "1", "--out", "x.png", *sizes]
+
+
+@pytest.mark.parametrize("flag, size", [("--width", (32, 64)), ("--height", (64, 32))])
+def test_one_side_alone_is_honoured(flag, size, tiny_dirs, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, *gen_argv(tiny_dirs("sd1"), flag, "32"))
+    assert code == 0, err
+    assert Image.open("x.png").size == size  # the other side is the model's own (64)
+
+
+def test_sizes_past_memory_are_refused_before_drawing(tiny_dirs, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = assert_one_line_error(
+        *run_cli(capsys, *gen_argv(tiny_dirs("sd1"), "--width", "100000", "--height", "100000"))[::2]
+    )
+    assert "--height 100000 --width 100000: decoding 1 picture(s) of that size needs at least" in line
+    assert "draw smaller pictures" in line and files_in(tmp_path) == []
+
+
+def test_sizes_the_pipeline_refuses_are_one_line_before_drawing(tiny_dirs, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # SD3's position-embedding grid: 16 patches a side on the tiny model, 256 px.
+    line = assert_one_line_error(*run_cli(capsys, *gen_argv(tiny_dirs("sd3"), "--width", "512", "--height", "64"))[::2])
+    assert "--width 512: this Stable Diffusion 3 model draws at most 256 px a side" in line
+    assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "family, size, says",
+    [("sana", 40, "needs a multiple of 32"), ("lumina2", 2048, "draws at most 1024 px a side")],
+)
+def test_sizes_the_llm_pipelines_refuse(family, size, says):
+    from sd_softprompt.errors import ConfigError
+    from sd_softprompt.models import tiny
+    from sd_softprompt.render.generate import generate
+
+    pipe = tiny.BUILDERS[family]()
+    with pytest.raises(ConfigError, match=says) as caught:
+        generate(pipe, "a lake", 0, 1, 4.0, 64, size)
+    assert len(str(caught.value)) < 300
+
+
+# ------------------------------------------------------------------------------ pipelines in the states users create
+def test_unloading_keeps_another_tools_embeddings(sd1):
+    from sd_softprompt.inject.loader import unload_soft_prompt
+
+    cat = torch.randn(WIDTH, generator=torch.Generator().manual_seed(3))
+    load_soft_prompt(sd1, sd1_prompt())
+    sd1.load_textual_inversion(cat, token="<cat>")  # diffusers' own loader, after ours
+    ids = sd1.tokenizer("a <cat>", return_tensors="pt").input_ids
+    before = sd1.text_encoder(ids)[0]
+    unload_soft_prompt(sd1)
+    assert loaded_tokens(sd1) == [] and "[v1]" not in sd1.tokenizer.get_vocab()
+    row = sd1.text_encoder.get_input_embeddings().weight[sd1.tokenizer.convert_tokens_to_ids("<cat>")]
+    assert torch.equal(row, cat)
+    ids = sd1.tokenizer("a <cat>", return_tensors="pt").input_ids
+    assert torch.equal(sd1.text_encoder(ids)[0], before)  # "<cat>" means what it meant
+
+
+@pytest.mark.parametrize("how", ["meta", "sequential offload"])
+def test_encoders_not_in_memory_are_refused_not_loaded_to_no_effect(sd1, how):
+    from sd_softprompt.errors import ConfigError
+
+    if how == "meta":
+        sd1.text_encoder.get_input_embeddings().to("meta")
+    else:
+        from accelerate import cpu_offload
+
+        cpu_offload(sd1.text_encoder, execution_device=torch.device("cpu"))  # what enable_sequential_cpu_offload does
+    vocab = dict(sd1.tokenizer.get_vocab())
+    with pytest.raises(ConfigError, match="text_encoder: its input embeddings are not in memory") as caught:
+        load_soft_prompt(sd1, sd1_prompt())
+    assert len(str(caught.value)) < 300
+    assert sd1.tokenizer.get_vocab() == vocab and loaded_tokens(sd1) == []
+
+
+def test_a_fifo_is_refused_not_waited_on(sd1, tmp_path, capsys, monkeypatch):
+    from sd_softprompt.errors import FormatError
+
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo("pipe.safetensors")
+    assert_one_line_error(*run_cli(capsys, "inspect", "pipe.safetensors")[::2], "pipe.safetensors: not a regular file")
+    with pytest.raises(FormatError, match="not a regular file"):
+        load_soft_prompt(sd1, "pipe.safetensors")
+    os.mkfifo("target.txt")
+    argv = train_argv("no-such-model", "o.safetensors")
+    argv[argv.index("--target") : argv.index("--target") + 2] = ["--target-file", "target.txt"]
+    assert_one_line_error(*run_cli(capsys, *argv)[::2], "target.txt: not a regular file")
+
+
+# ------------------------------------------------------------------------------ mix, and sources that are not paths
+def test_mix_strength_that_overflows_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    SoftPrompt({"clip_l": (torch.randn(2, WIDTH) * 0.3).half()}).save("h.safetensors")
+    argv = ["mix", "h.safetensors", "--strength", "1e6", "--out", "m.safetensors"]
+    line = assert_one_line_error(*run_cli(capsys, *argv)[::2], "too large for float16", "smaller strength")
+    assert "diverged" not in line and files_in(tmp_path) == ["h.safetensors"]
+
+
+@pytest.mark.parametrize("source", [None, 123, b"x.safetensors", {"clip_l": 1}, [None, "a"]])
+def test_sources_that_are_not_paths_are_a_typed_error(sd1, source):
+    from sd_softprompt.errors import SourceError
+    from sd_softprompt.files.mixing import mix
+
+    for call in (lambda: load_soft_prompt(sd1, source), lambda: SoftPrompt.load(source), lambda: mix([source])):
+        with pytest.raises(SourceError, match="is not a soft prompt source") as caught:
+            call()
+        assert isinstance(caught.value, TypeError) and len(str(caught.value)) < 300 and "\n" not in str(caught.value)
+    assert loaded_tokens(sd1) == []

@@ -16,13 +16,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import SoftPromptError
+from ..errors import SoftPromptError, escaped, listed
 from .parser import PROG, build_parser
 
 if TYPE_CHECKING:
     from ..render.scoring import ClipScorer, Reference
 
-_MAX_MESSAGE = 400  # a safety net: messages are written short; this keeps any one of them a line
+_MAX_MESSAGE = 299  # a safety net: messages are written short; this keeps any one of them a short line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,8 +55,13 @@ def _fail(message: str) -> int:
 
 
 def _one_line(message: str) -> str:
-    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+    """One line, nothing in it a terminal acts on (a file's escape codes), at most _MAX_MESSAGE characters:
+    an over-long one loses its middle, so that what is wrong (the start) and the fix (the end) both survive."""
+    text = escaped(" ".join(part.strip() for part in message.splitlines() if part.strip()))
+    if len(text) <= _MAX_MESSAGE:
+        return text
+    head = _MAX_MESSAGE * 2 // 3
+    return text[:head] + " ... " + text[-(_MAX_MESSAGE - head - 5) :]
 
 
 def _os_message(error: OSError) -> str:
@@ -221,10 +226,15 @@ def _inspect(args) -> int:
     pipe = _load(args) if args.model else None
     reports = [inspect_file(soft, pipe, top_k=args.top_k) for soft in softs]
     if args.json:
-        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, ensure_ascii=False))
+        # The values as the file has them (a JSON reader gets them back exactly), but nothing a terminal acts on:
+        # json escapes C0 controls itself; C1 controls and bidi overrides are written as \u escapes too.
+        print(
+            escaped(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, ensure_ascii=False), keep="\n")
+        )
         return 0
     if softs[0].source_format.startswith("lora-bundle"):
-        print(f"{args.file}: a LoRA file with {len(softs)} bundled soft prompt(s): {', '.join(s.name for s in softs)}")
+        names = listed([s.name for s in softs], 10)
+        print(f"{args.file}: a LoRA file with {len(softs)} bundled soft prompt(s): {names}")
     print("\n\n".join(format_inspection(report) for report in reports))
     return 0
 

@@ -3,6 +3,7 @@ a pipeline through a row (window fit, prediction type). Nothing here names a fam
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,11 @@ class Family:
     # None: the family takes no weights.
     encode_weighted: Callable[[Any, list[Segments]], Chunked] | None = None
     embeds_call: Callable[[Cond, Cond], dict] | None = None
+    # What the diffusers pipeline itself demands of a picture's sides, beyond whole latent patches: a multiple
+    # (Sana's pipeline checks 32 whatever the VAE), and (pipe) -> the largest side its positions reach (SD3's
+    # position-embedding grid, Lumina 2's RoPE table), None where there is none.
+    size_multiple: int = 1
+    max_side: Callable[[Any], int | None] = lambda pipe: None
 
     def encoder(self, key: str) -> Encoder:
         return next(e for e in self.encoders if e.key == key)
@@ -95,10 +101,18 @@ def prompt_tokens(pipe, family: Family, prompt: str) -> tuple[int, int]:
     for name in family.state_tokenizers:
         tokenizer = getattr(pipe, name)
         specials = len(tokenizer("").input_ids)  # start/end-of-text the tokenizer adds
-        n, window = len(tokenizer(prompt, add_special_tokens=False).input_ids), tokenizer.model_max_length - specials
+        n, window = (
+            len(tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids),
+            tokenizer.model_max_length - specials,
+        )
         if n > window:
             break
     return n, window
+
+
+def size_rule(pipe, family: Family) -> tuple[int, int | None]:
+    """(the multiple a picture's sides must be, the largest side or None) for this pipeline."""
+    return math.lcm(pipe.vae_scale_factor * family.latent_patch, family.size_multiple), family.max_side(pipe)
 
 
 def fits_window(pipe, family: Family, prompt: str) -> bool:

@@ -76,6 +76,12 @@ def _lumina2_call(pipe, negative_prompt: str | None) -> dict:
     )
 
 
+def _lumina2_max_side(pipe) -> int | None:
+    """The RoPE tables hold axes_lens[1] rows and axes_lens[2] columns of patches (512 on the real model)."""
+    config = pipe.transformer.config
+    return min(config.axes_lens[1:]) * config.patch_size * pipe.vae_scale_factor  # 8192 px on the real model
+
+
 def _lumina2_size(pipe) -> int:
     return int(pipe.transformer.config.sample_size) * pipe.vae_scale_factor  # 1024 px on the real model
 
@@ -110,4 +116,5 @@ LUMINA2 = Family(
     formats=("native", "comfyui"),  # ComfyUI's Lumina 2 tokenizer asks for gemma2_2b
     prompt_span=prompt_span(lumina2_state_ids),
     prompt_window=_prompt_window,
+    max_side=_lumina2_max_side,
 )

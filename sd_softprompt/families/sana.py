@@ -136,4 +136,5 @@ SANA = Family(
     formats=("native",),
     prompt_span=prompt_span(sana_state_ids),
     prompt_window=lambda pipe: _window(pipe) - 2,
+    size_multiple=32,  # SanaPipeline.check_inputs: sides divisible by 32, whatever the VAE's factor
 )

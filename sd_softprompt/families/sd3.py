@@ -72,6 +72,12 @@ def _sd3_call(pipe, negative_prompt: str | None) -> dict:
     )
 
 
+def _sd3_max_side(pipe) -> int | None:
+    """The transformer crops its position embeddings from a grid of pos_embed_max_size patches a side."""
+    grid = pipe.transformer.config.get("pos_embed_max_size")
+    return grid * pipe.transformer.config.patch_size * pipe.vae_scale_factor if grid else None  # 3072 px on SD3
+
+
 def _sd3_size(pipe) -> int:
     return int(pipe.transformer.config.sample_size) * pipe.vae_scale_factor  # 1024 px on the real model
 
@@ -103,4 +109,5 @@ SD3 = Family(
     no_negative=no_negative_sd3,
     # ComfyUI and OneTrainer read SD3 embeddings; diffusers' SD3 has no loader
     formats=("native", "onetrainer", "comfyui"),
+    max_side=_sd3_max_side,
 )

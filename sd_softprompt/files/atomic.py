@@ -4,7 +4,8 @@ Writers hand over the bytes to write (serialised in memory first: soft prompts, 
 are small), so a full disk or a refused permission surfaces as Python's own OSError, which becomes one
 WriteError naming the file, rather than a serializer's own exception (safetensors' SafetensorError,
 torch's "unexpected pos" RuntimeError). Inside ``together()``, files written by several calls are renamed
-into place as one group: a soft prompt and its report land both or neither.
+into place as one group: a soft prompt and its report land both or neither, and a group that fails halfway
+puts the old files of its names back (a failed write never costs the old file).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import errno
 import io
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
@@ -118,20 +121,62 @@ def _write_temp(target: Path, write: Callable[[Path], None]) -> Path:
 
 
 def _rename_all(temps: list[tuple[Path, Path]]) -> None:
+    """Rename a group into place: all of it, or none of it with every old file as it was."""
+    folder = next((target for target, _ in temps if target.is_dir()), None)
+    if folder is not None:  # refused before any rename: the other files of the group keep their old versions
+        _discard(temps)
+        raise WriteError(
+            f"{folder}: a folder is in the way of this file; nothing was written: move it or write elsewhere"
+        )
+    # A group of several: keep a hard link to each old file until all new ones landed, to put it back otherwise.
+    try:
+        kept = _keep_old([target for target, _ in temps]) if len(temps) > 1 else {}
+    except BaseException:
+        _discard(temps)
+        raise
     done: list[Path] = []
     try:
         for target, tmp in temps:
             os.replace(tmp, target)
             done.append(target)
-    except OSError as error:
-        # Both or neither: take back the files of the group that already landed.
-        for target in done:
-            target.unlink(missing_ok=True)
+    except BaseException as error:
+        # Both or neither: the files of the group that already landed make way for the old ones again.
+        for target in reversed(done):
+            if target in kept:
+                os.replace(kept.pop(target), target)
+            else:
+                target.unlink(missing_ok=True)
         _discard(temps)
-        raise _write_error(temps[len(done)][0], error) from None
-    except BaseException:
-        _discard(temps)
+        _drop(kept)
+        if isinstance(error, OSError):
+            raise _write_error(temps[len(done)][0], error) from None
         raise
+    _drop(kept)
+
+
+def _keep_old(targets: list[Path]) -> dict[Path, Path]:
+    """A second name (hard link, else a copy) beside each existing target; nothing is kept for new files."""
+    kept: dict[Path, Path] = {}
+    for target in targets:
+        if not target.is_file():
+            continue
+        old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.old")
+        try:
+            try:
+                os.link(target, old)
+            except OSError:  # a file system without hard links: a copy does the same job
+                shutil.copy2(target, old)
+        except OSError as error:
+            old.unlink(missing_ok=True)
+            _drop(kept)
+            raise _write_error(target, error) from None
+        kept[target] = old
+    return kept
+
+
+def _drop(kept: dict[Path, Path]) -> None:
+    for old in kept.values():
+        old.unlink(missing_ok=True)
 
 
 def _discard(temps: list[tuple[Path, Path]]) -> None:

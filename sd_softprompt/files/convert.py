@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import FormatError, SoftPromptError
 from .bundles import bundle_names, write_bundle
 from .keys import PathLike
-from .softprompt import SoftPrompt, load_bundle
+from .softprompt import SoftPrompt, check_source, load_bundle
 
 __all__ = ["bundle_into_lora", "convert", "load_all"]
 
@@ -37,6 +37,7 @@ def convert(
     convert("sunrise.safetensors", to="bundle", lora="style.safetensors", out="style_sunrise.safetensors")
     ```
     """
+    check_source(src)
     if embedding is not None and not isinstance(src, (list, tuple)) and bundle_names(Path(src)):
         bundled = load_bundle(src)
         if embedding not in bundled:
@@ -60,6 +61,7 @@ def bundle_into_lora(soft: SoftPrompt, lora: PathLike, out: PathLike, name: str 
 
 def load_all(path: PathLike | Sequence[PathLike]) -> list[SoftPrompt]:
     """The soft prompts a path holds: every embedding of a LoRA bundle, else the one `SoftPrompt.load` reads."""
+    check_source(path)
     if not isinstance(path, (list, tuple)) and Path(path).is_file() and bundle_names(Path(path)):
         return list(load_bundle(path).values())
     return [SoftPrompt.load(path)]

@@ -138,7 +138,14 @@ def _weighted_sum(terms: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
 
 
 def _scaled(vectors: torch.Tensor, strength: float, dtype: torch.dtype) -> torch.Tensor:
-    return (vectors.clone() if strength == 1 else vectors * strength).to(dtype)  # never the source's own tensor
+    out = (vectors.clone() if strength == 1 else vectors * strength).to(dtype)  # never the source's own tensor
+    if not bool(torch.isfinite(out).all()):
+        # The inputs were checked finite: the result is too large for its dtype (not a diverged training run).
+        raise MixError(
+            f"the result (strength {strength:g}) is too large for {str(dtype).replace('torch.', '')}: it overflows "
+            f"past {torch.finfo(dtype).max:.3g} to inf; use a smaller strength or smaller weights"
+        )
+    return out
 
 
 def _dtype(named: list[tuple[str, SoftPrompt]], key: str) -> torch.dtype:

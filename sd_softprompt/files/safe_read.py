@@ -41,6 +41,9 @@ def read_content(path: Path) -> tuple[Any, dict[str, str]]:
 
 
 def sniff(path: Path) -> str:
+    if not path.is_file():  # opening a FIFO would wait for a writer forever, a device read forever
+        what = "a folder" if path.is_dir() else "no such file" if not path.exists() else "not a regular file"
+        raise FormatError(f"{path}: {what}; give an embedding file (.safetensors, .pt, .bin)")
     with open(path, "rb") as handle:
         head = handle.read(9)
     if not head:

@@ -9,6 +9,7 @@ validation.py; conversion and bundling into a LoRA in convert.py.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +17,14 @@ from typing import Any
 
 import torch
 
-from ..errors import FormatError, SoftPromptError, listed, shorten
+from ..errors import FormatError, SoftPromptError, SourceError, listed, shorten
 from .bundles import bundle_names, bundle_tokens, looks_like_lora, read_bundle
 from .keys import FAMILY_BY_KEYS, FORMATS, PathLike, default_tokens
 from .readers import Decoded, decode, resolve
 from .validation import WIDENED, check_counts, check_keys, check_tensor, check_tokens, dtype_name
 from .writers import WRITERS
 
-__all__ = ["SoftPrompt", "load_bundle"]
+__all__ = ["SoftPrompt", "check_source", "load_bundle"]
 
 
 @dataclass
@@ -89,6 +90,7 @@ class SoftPrompt:
         ``token`` names the soft prompt (metadata["name"]); a file holding a bare tensor has no
         name of its own and falls back to the file stem.
         """
+        check_source(path)
         if isinstance(path, (list, tuple)):
             return _load_pair(path, token)
         files = resolve(Path(path))
@@ -103,6 +105,23 @@ class SoftPrompt:
             raise SoftPromptError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
         self.validate(source=str(path))
         return writer(self, Path(path))
+
+
+def check_source(source: object, soft_prompt_ok: bool = False) -> None:
+    """SourceError unless ``source`` is a path, a list of paths (a pair) or, where taken, a SoftPrompt: None, a
+    number or bytes would otherwise end in a bare TypeError from deep inside pathlib."""
+    paths = source if isinstance(source, (list, tuple)) else [source]
+    if isinstance(source, SoftPrompt) and soft_prompt_ok:
+        return
+    if not paths or not all(isinstance(p, (str, os.PathLike)) and not isinstance(p, SoftPrompt) for p in paths):
+        kinds = (
+            "a file path, [clip_l file, clip_g file] or a SoftPrompt"
+            if soft_prompt_ok
+            else "a file path or [clip_l file, clip_g file]"
+        )
+        raise SourceError(
+            f"{shorten(repr(source), 40)} ({type(source).__name__}) is not a soft prompt source: give {kinds}"
+        )
 
 
 def _same(a: tuple, b: tuple) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from ..errors import SoftPromptError
+from ..errors import SoftPromptError, shorten
 from ..families import FAMILIES, Family
 from .atomic import atomic_write, bytes_writer, torch_bytes
 from .keys import DIFFUSERS_FILE, ENCODER_KEYS, FORMAT_VERSION, FORMATS, UNASSIGNED, Storable
@@ -29,7 +29,8 @@ def _families(prompt: Storable) -> list[Family]:
     family = FAMILIES.get(prompt.family)
     if family is None:
         raise SoftPromptError(
-            f"unknown family {prompt.family!r} in the metadata; set metadata['family'] to one of {', '.join(FAMILIES)}"
+            f"unknown family {shorten(repr(prompt.family), 40)} in the metadata; "
+            f"set metadata['family'] to one of {', '.join(FAMILIES)}"
         )
     if not keys <= set(family.keys):
         raise SoftPromptError(

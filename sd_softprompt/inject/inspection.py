@@ -13,11 +13,12 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, printable
 from ..families import Encoder, Family, detect_family
 from ..files.keys import UNASSIGNED
 from ..files.softprompt import SoftPrompt
 from .loader import assign_encoders, loaded_tokens
+from .vocab import embedding_table
 
 _CHUNK = 8192  # vocabulary rows per matmul, so a 32k x 4096 T5 table is never copied whole to fp32
 # A vector this many times the vocabulary's mean norm (or this fraction of it) is flagged: trained vectors sit
@@ -109,7 +110,7 @@ def _vocabulary_ids(pipe, encoder: Encoder, rows: int) -> torch.Tensor:
 
 
 def _against_vocabulary(pipe, encoder: Encoder, vectors: torch.Tensor, top_k: int) -> dict[str, Any]:
-    table = getattr(pipe, encoder.text_encoder).get_input_embeddings().weight.detach()
+    table = embedding_table(pipe, encoder).detach()  # meta (sequential offload): one line, not a meta matmul
     ids = _vocabulary_ids(pipe, encoder, table.shape[0]).to(table.device)
     # Normalised in float64: a float32 norm of huge values is inf, which would zero every cosine.
     queries = torch.nn.functional.normalize(vectors.to(table.device).double(), dim=1).float()
@@ -163,21 +164,23 @@ def readable_token(tokenizer, token_id: int) -> str:
 
 
 def format_inspection(report: dict[str, Any]) -> str:
-    """The report as text for a terminal."""
-    lines = [report["file"]]
+    """The report as text for a terminal. What the file supplies (names, tokens, metadata, notes) is data from
+    strangers: control characters are escaped and each value capped (`printable`), so no file can paint the
+    terminal or forge a line."""
+    lines = [printable(report["file"], 400)]
     field = lambda label, value: lines.append(f"  {label:<9} {value}")  # noqa: E731
-    field("format", report["format"])
-    field("family", report["family"] or "unknown (set by width when loaded)")
-    field("vectors", f"{report['num_vectors']} per encoder; tokens {' '.join(report['tokens'])}")
+    field("format", printable(report["format"]))
+    field("family", printable(report["family"]) if report["family"] else "unknown (set by width when loaded)")
+    field("vectors", f"{report['num_vectors']} per encoder; tokens {' '.join(map(printable, report['tokens']))}")
     meta = {k: v for k, v in report["metadata"].items() if k != "format"}
     for i, (key, value) in enumerate(sorted(meta.items())):
-        field("metadata" if i == 0 else "", f"{key} = {_short(value)}")
+        field("metadata" if i == 0 else "", f"{printable(key, 60)} = {_short(value)}")
     for note in report["notes"]:
-        field("note", note)
+        field("note", printable(note, 300))
     if "model" in report:
         field("model", f"{report['model']['pipeline']} ({report['model']['family']})")
     for entry in report["encoders"]:
-        lines += [""] + _format_encoder(entry, report["tokens"])
+        lines += [""] + _format_encoder(entry, [printable(t) for t in report["tokens"]])
     return "\n".join(lines)
 
 
@@ -207,5 +210,4 @@ def _format_encoder(entry: dict[str, Any], tokens: list[str]) -> list[str]:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = str(value).replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return printable(str(value).replace("\n", " "), limit)

@@ -15,11 +15,11 @@ from dataclasses import replace as replace_
 
 import torch
 
-from ..errors import ConfigError, TokenCollisionError, WidthMismatchError, listed
+from ..errors import ConfigError, SourceError, TokenCollisionError, WidthMismatchError, listed, shorten
 from ..families import Encoder, Family, detect_family
 from ..files.convert import load_all
 from ..files.keys import UNASSIGNED
-from ..files.softprompt import SoftPrompt
+from ..files.softprompt import SoftPrompt, check_source
 from .token_checks import (
     check_fits_dtype,
     check_lowercase,
@@ -28,7 +28,17 @@ from .token_checks import (
     present_tokens,
     shadowed_word,
 )
-from .vocab import add_rows, encoder_states, encoder_width, loaded_tokens, restore_encoder, token_ids
+from .vocab import (
+    add_rows,
+    embedding_table,
+    encoder_states,
+    encoder_width,
+    foreign_rows,
+    loaded_tokens,
+    put_back,
+    restore_encoder,
+    token_ids,
+)
 
 # Re-exported: the loader is where callers look for these.
 __all__ = [
@@ -71,12 +81,12 @@ def assign_encoders(
         elif key not in widths:
             raise WidthMismatchError(
                 f"{source}: it has vectors for {key}, which a {family.name} pipeline does not have "
-                f"(its encoders: {described}); the file was trained for another model family ({soft.family})"
+                f"(its encoders: {described}); the file was trained for another model family ({shorten(soft.family, 40)})"
             )
         elif widths[key] != width:
             raise WidthMismatchError(
                 f"{source}: {key} vectors are {width} wide but this pipeline's {family.encoder(key).text_encoder} "
-                f"is {widths[key]} wide; the file was probably trained for another model family ({soft.family})"
+                f"is {widths[key]} wide; the file was probably trained for another model family ({shorten(soft.family, 40)})"
             )
         else:
             pairs.append((family.encoder(key), vectors))
@@ -127,6 +137,7 @@ Source = SoftPrompt | str | os.PathLike | Sequence[str | os.PathLike]
 
 def _read(source: Source) -> list[SoftPrompt]:
     """The soft prompts a source stands for: a LoRA file may bundle several, anything else is one."""
+    check_source(source, soft_prompt_ok=True)
     if isinstance(source, SoftPrompt):
         return [source]
     return load_all(source)
@@ -155,6 +166,7 @@ def _plan(
     if not allow_shadowing:
         check_shadowing(pipe, family, tokens, name)
     for encoder, vectors in pairs:
+        embedding_table(pipe, encoder)  # rows on the meta device (sequential offload): refused, not loaded to no effect
         check_fits_dtype(pipe, encoder, vectors, name)
     return _Plan(name, soft, pairs, tokens, alias, blank)
 
@@ -229,6 +241,10 @@ def load_soft_prompts(
     pipeline's, when the caller has it already. `allow_shadowing`, `encoders[i]` (file i's): see
     `load_soft_prompt`.
     """
+    if isinstance(sources, (str, os.PathLike, SoftPrompt)) or not isinstance(sources, Sequence):
+        raise SourceError(
+            f"load_soft_prompts takes a list of sources, not a {type(sources).__name__}; load_soft_prompt loads one"
+        )
     sources = list(sources)
     tokens = list(tokens) if tokens is not None else [None] * len(sources)
     aliases = list(aliases) if aliases is not None else [None] * len(sources)
@@ -390,13 +406,19 @@ def unload_soft_prompt(pipe, tokens: list[str] | str | None = None, *, family: F
         if len(keep) == len(state.tokens):
             continue
         # Rebuild rather than delete rows in place: restoring the snapshot and re-adding the tokens that
-        # stay keeps ids dense and the untouched state bitwise identical.
-        ids = getattr(pipe, encoder.tokenizer).convert_tokens_to_ids(keep)
-        kept = getattr(pipe, encoder.text_encoder).get_input_embeddings().weight.data[ids].clone()
+        # stay keeps ids dense and the untouched state bitwise identical. Tokens another tool added since
+        # (diffusers' load_textual_inversion) are not ours to drop: they go back in after ours.
+        table = embedding_table(pipe, encoder)
+        vocab = getattr(pipe, encoder.tokenizer).get_vocab()
+        keep = [t for t in keep if t in vocab]  # another tool may have taken some of ours out
+        kept = table[[vocab[t] for t in keep]].clone()
+        theirs, their_rows = foreign_rows(pipe, encoder, state)
         restore_encoder(pipe, encoder, state)
         del states[key]
         if keep:
             add_rows(pipe, encoder, keep, kept)
+        if theirs:
+            put_back(pipe, encoder, theirs, their_rows)
     _forget(pipe, set(loaded_tokens(pipe)))
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..families import Encoder
 
 _STATE_ATTR = "_sd_softprompt_state"
@@ -45,6 +46,46 @@ def encoder_width(pipe, encoder: Encoder) -> int:
     return getattr(pipe, encoder.text_encoder).get_input_embeddings().weight.shape[1]
 
 
+def embedding_table(pipe, encoder: Encoder) -> torch.Tensor:
+    """The encoder's input embedding rows; ConfigError when they are not in memory (the meta device: sequential
+    CPU offload keeps them elsewhere, or the model is not materialised yet), where an edit would have no effect."""
+    weight = getattr(pipe, encoder.text_encoder).get_input_embeddings().weight
+    if weight.is_meta:
+        raise ConfigError(
+            f"{encoder.text_encoder}: its input embeddings are not in memory (meta device: sequential CPU offload, "
+            f"or a model not loaded yet); load soft prompts before pipe.enable_sequential_cpu_offload()"
+        )
+    return weight.data
+
+
+def foreign_rows(pipe, encoder: Encoder, state: _EncoderState) -> tuple[list[str], torch.Tensor | None]:
+    """Tokens another tool added since our first load (diffusers' load_textual_inversion), with their rows:
+    rebuilding the table from our snapshot must put them back, not drop them."""
+    tokenizer = getattr(pipe, encoder.tokenizer)
+    before, ours = state.tokenizer.get_added_vocab(), set(state.tokens)
+    added = sorted(tokenizer.get_added_vocab().items(), key=lambda item: item[1])
+    theirs = [(token, i) for token, i in added if token not in before and token not in ours]
+    if not theirs:
+        return [], None
+    weight = embedding_table(pipe, encoder)
+    return [token for token, _ in theirs], weight[[i for _, i in theirs]].clone()
+
+
+def put_back(pipe, encoder: Encoder, tokens: list[str], rows: torch.Tensor) -> None:
+    """Re-add another tool's tokens and rows after a rebuild; they stay theirs (not recorded as soft tokens)."""
+    tokenizer = getattr(pipe, encoder.tokenizer)
+    text_encoder = getattr(pipe, encoder.text_encoder)
+    tokenizer.add_tokens(tokens)
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    weight = text_encoder.get_input_embeddings().weight.data
+    if max(ids) >= weight.shape[0]:
+        weight = torch.cat([weight, weight.new_zeros(max(ids) + 1 - weight.shape[0], weight.shape[1])])
+    else:
+        weight = weight.clone()
+    weight[ids] = rows.to(device=weight.device, dtype=weight.dtype)
+    _set_rows(text_encoder, weight)
+
+
 def _patch_pooled_eos(text_encoder: nn.Module, eos_id: int) -> list[tuple[nn.Module, int]]:
     """Make CLIP take its pooled output at the first end-of-text token, not at argmax(input_ids).
 
@@ -78,7 +119,7 @@ def add_rows(pipe, encoder: Encoder, tokens: list[str], vectors: torch.Tensor) -
     tokenizer = getattr(pipe, encoder.tokenizer)
     text_encoder = getattr(pipe, encoder.text_encoder)
     states = encoder_states(pipe)
-    weight = text_encoder.get_input_embeddings().weight.data
+    weight = embedding_table(pipe, encoder)
     if encoder.key not in states:
         states[encoder.key] = _EncoderState(tokenizer=copy.deepcopy(tokenizer), rows=weight.shape[0])
         if tokenizer.eos_token_id is not None:

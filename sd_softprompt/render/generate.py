@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..families import Family, detect_family
+from ..families import Family, detect_family, size_rule
 from ..files.atomic import atomic_write, bytes_writer
 from ..files.softprompt import SoftPrompt
 from ..inject.loader import assign_encoders, load_soft_prompt, load_soft_prompts, loaded_tokens, unload_soft_prompt
@@ -71,6 +72,8 @@ def generate_batch(
     from the noise `generate` would draw with seeds[k] (on this CPU the pixels match exactly; a GPU may
     differ in rounding), and one batched call costs far less than len(seeds) calls on a GPU."""
     family = family or detect_family(pipe)
+    if (height is None) != (width is None):  # the pipelines drop a lone side for their default square
+        height, width = height or family.native_size(pipe), width or family.native_size(pipe)
     _check_settings(pipe, family, steps, guidance, height, width, seeds)
     kwargs = dict(
         prompt=prompt,
@@ -99,13 +102,61 @@ def _check_settings(
         raise ConfigError(f"seed {bad_seeds[0]}: seeds are whole numbers from 0 to {MAX_SEED} (torch's 64 bits)")
     if not math.isfinite(guidance) or guidance < 0:
         raise ConfigError(f"--guidance {guidance}: need a finite scale of 0 or more (default {family.guidance})")
-    multiple = pipe.vae_scale_factor * family.latent_patch
+    multiple, largest = size_rule(pipe, family)  # what the pipeline itself checks, and its position tables
     for name, size in (("height", height), ("width", width)):
         if size is not None and (size < multiple or size % multiple):
             lower = max(multiple, size - size % multiple)
             raise ConfigError(
                 f"--{name} {size}: {family.title} needs a multiple of {multiple}; try {lower} or {lower + multiple}"
             )
+        if size is not None and largest is not None and size > largest:
+            raise ConfigError(
+                f"--{name} {size}: this {family.title} model draws at most {largest} px a side "
+                f"(its position tables end there); try {largest} or less"
+            )
+    _check_memory(pipe, family, height, width, len(seeds))
+
+
+def _check_memory(pipe, family: Family, height: int | None, width: int | None, images: int) -> None:
+    """Refuse a size that cannot fit before drawing (an allocator error after minutes otherwise). The need is a
+    lower bound: one activation of the VAE decoder at full size (its widest stage's channels x the pixels), for
+    every picture decoded at once; what is free is the device's free memory (with torch's cache) or RAM."""
+    height, width = height or family.native_size(pipe), width or family.native_size(pipe)
+    vae = pipe.vae
+    channels = vae.config.get("block_out_channels") or vae.config.get("decoder_block_out_channels") or (3,)
+    at_once = 1 if getattr(vae, "use_slicing", False) else images
+    need = at_once * min(channels) * height * width * torch.finfo(vae.dtype).bits // 8
+    device = torch.device(getattr(pipe, "_execution_device", None) or pipe.device)
+    free = _free_memory(device)
+    if free is not None and need > free:
+        raise ConfigError(
+            f"--height {height} --width {width}: decoding {at_once} picture(s) of that size needs at least "
+            f"{_gib(need)} on {device}, which has {_gib(free)} free; draw smaller pictures or fewer seeds"
+        )
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Bytes free on a CUDA device (counting torch's cached blocks) or in RAM (MemAvailable); None if unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.3g} GB" if size >= 2**30 else f"{size / 2**20:.3g} MB"
 
 
 def run_grid(

@@ -25,6 +25,8 @@ def read_target(cfg: TrainConfig) -> TrainConfig:
     if cfg.target:
         raise ConfigError("give the hard prompt once: --target or --target-file, not both")
     path = Path(cfg.target_file)
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise ConfigError(f"{path}: not a regular file; --target-file takes a text file holding the prompt")
     try:
         text = " ".join(path.read_text(encoding="utf-8").split())
     except UnicodeDecodeError:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..errors import TrainingDiverged, WriteError
 from ..families import Family
-from .checkpoints import checkpoint_path, load_checkpoint, save_checkpoint_or_warn
+from .checkpoints import checkpoint_path, load_checkpoint, restore, save_checkpoint_or_warn
 from .config import TrainConfig
 from .objectives import OBJECTIVES
 from .rows import moved_to, trainable_rows, vocab_norm
@@ -139,10 +139,9 @@ def run_loop(cfg: TrainConfig, run: Run, around_step: StepHook, draw_validation:
     start, losses = 0, []
     if cfg.resume and ckpt.exists():
         state = load_checkpoint(ckpt, cfg)
-        with torch.no_grad():
-            for k, v in vectors.items():
-                v.copy_(state["vectors"][k])
-        optimizer.load_state_dict(state["optimizer"])
+        restore(ckpt, state, vectors, optimizer)
+        for group in optimizer.param_groups:  # the checkpoint's own rate would silently win over a new --lr
+            group["lr"] = group["initial_lr"] = cfg.lr
         start, losses = state["step"], list(state["losses"])
         run.log(f"resuming from {ckpt} at step {start}")
     elif cfg.resume:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from ..families import Cond, Family, fits_window
+from ..errors import ConfigError, printable
+from ..families import Cond, Family, fits_window, prompt_tokens
 from ..models.base import Positives
 from ..models.builtin import builtin_of
 from .data import OBJECT_TEMPLATES, STYLE_TEMPLATES, caption_for, load_image, scan_images
@@ -232,8 +232,12 @@ class ImageObjective:
             raise ConfigError(f"--resolution {resolution}: a {family.name} model needs a multiple of {multiple}")
         shift = vae.config.get("shift_factor") or 0.0  # Flux's and SD3's VAE latents are shifted, SD's are not
         latents, self.captions = [], []
+        captions = [caption_for(p, soft_text, tokens) for p in paths]  # bad captions refused before the VAE runs
+        for p, caption in zip(paths, captions):
+            if caption is not None:
+                _check_caption(pipe, family, p.with_suffix(".txt"), caption, tokens, log)
         with torch.no_grad():  # the VAE runs once per image, never per step
-            for p in paths:
+            for p, caption in zip(paths, captions):
                 x = load_image(p, resolution).unsqueeze(0).to(vae.device, vae.dtype)
                 views = [x, x.flip(-1)] if cfg.flip else [x]
                 for v in views:
@@ -244,7 +248,7 @@ class ImageObjective:
                     encoded = vae.encode(v)  # a deep-compression autoencoder (Sana) gives latents, not a distribution
                     z = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latent
                     latents.append(((z - shift) * vae.config.scaling_factor)[0])
-                    self.captions.append(caption_for(p, soft_text, tokens))
+                    self.captions.append(caption)
         self.latents = torch.stack(latents)
         self.templates = [t.format(soft_text) for t in templates]
 
@@ -264,6 +268,23 @@ class ImageObjective:
     @staticmethod
     def needs_denoiser(cfg: TrainConfig) -> bool:
         return True
+
+
+def _check_caption(pipe, family: Family, side, caption: str, tokens: list[str], log: Callable[[str], None]) -> None:
+    """A caption whose soft tokens fall past the encoder's window would train nothing (the pipeline cuts them
+    off, the vectors get no gradient): refused. One that is merely long loses its end, and says so."""
+    end = max(caption.rfind(t) + len(t) for t in tokens if t in caption)
+    n, window = prompt_tokens(pipe, family, caption[:end])
+    if n > window:
+        raise ConfigError(
+            f"{printable(side, 120)}: the caption puts the soft tokens at token {n}, past the text encoder's "
+            f"{window}-token window, so they would learn nothing; shorten it, or put {{}} nearer the start"
+        )
+    if not fits_window(pipe, family, caption):
+        n, window = prompt_tokens(pipe, family, caption)
+        log(
+            f"warning: {printable(side, 120)}: the caption is {n} tokens; the last {n - window} are cut to fit the window"
+        )
 
 
 # --mode -> objective; each takes (pipe, family, cfg, tokens, log) and has loss(generator).

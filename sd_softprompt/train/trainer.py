@@ -26,7 +26,7 @@ from ..files.softprompt import SoftPrompt
 from ..inject.loader import load_soft_prompt, unload_soft_prompt
 from ..models.builtin import builtin_of
 from .card import card_path, model_card, push
-from .checkpoints import checkpoint_path, resume_hint
+from .checkpoints import check_before_run, checkpoint_path, resume_hint
 from .checks import check_config, read_target
 from .config import TrainConfig
 from .config_file import config_toml
@@ -140,6 +140,7 @@ def train(cfg: TrainConfig, pipe=None, *, around_step: StepHook | None = None) -
     """
     cfg = read_target(cfg)
     check_config(cfg)
+    check_before_run(cfg)  # a leftover checkpoint, or one of another run: refused before the model loads
     try:
         run = _setup(cfg, pipe)
         cfg = replace(cfg, resolution=training_resolution(run.pipe, run.family, cfg))  # the model's, unless given
