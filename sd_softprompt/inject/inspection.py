@@ -22,7 +22,7 @@ from .vocab import embedding_table
 
 _CHUNK = 8192  # vocabulary rows per matmul, so a 32k x 4096 T5 table is never copied whole to fp32
 # A vector this many times the vocabulary's mean norm (or this fraction of it) is flagged: trained vectors sit
-# within a few times the mean (the README's figures), a prompt word near 1x.
+# within a few times the mean (docs/cli.md, inspect), a prompt word near 1x.
 FAR_OUTSIDE = 10.0
 
 
