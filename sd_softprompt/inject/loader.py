@@ -341,10 +341,10 @@ def load_soft_prompt(
     Example:
 
     ```py
-    from diffusers import StableDiffusionXLPipeline
     from sd_softprompt import load_soft_prompt, unload_soft_prompt
+    from sd_softprompt.models.pipeline import load_pipeline
 
-    pipe = StableDiffusionXLPipeline.from_pretrained("stabilityai/stable-diffusion-xl-base-1.0")
+    pipe = load_pipeline("toyworld")  # offline; any diffusers pipeline of a supported family works the same
     tokens = load_soft_prompt(pipe, "sunrise.safetensors")  # ["[v1]", "[v2]", "[v3]"]
     image = pipe("[v1][v2][v3] mountain view").images[0]
     unload_soft_prompt(pipe, tokens)  # the tokenizers and encoders as they were, bit for bit

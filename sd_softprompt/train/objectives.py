@@ -241,16 +241,21 @@ class ImageObjective:
                 x = load_image(p, resolution).unsqueeze(0).to(vae.device, vae.dtype)
                 views = [x, x.flip(-1)] if cfg.flip else [x]
                 for v in views:
-                    if family.vae_latents is not None:  # a VAE the pipeline normalises its own way
-                        latents.append(family.vae_latents(pipe, v)[0])
-                        self.captions.append(caption_for(p, soft_text, tokens))
-                        continue
-                    encoded = vae.encode(v)  # a deep-compression autoencoder (Sana) gives latents, not a distribution
-                    z = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latent
-                    latents.append(((z - shift) * vae.config.scaling_factor)[0])
+                    latents.append(self._latent(pipe, family, v, shift)[0])
                     self.captions.append(caption)
         self.latents = torch.stack(latents)
         self.templates = [t.format(soft_text) for t in templates]
+
+    @staticmethod
+    def _latent(pipe, family: Family, x: torch.Tensor, shift: float) -> torch.Tensor:
+        """What the denoiser works on for pictures `x`: the family's own normalisation where its pipeline has
+        one, else the VAE's mode (a deep-compression autoencoder, Sana's, gives latents, not a distribution),
+        shifted and scaled as its config says."""
+        if family.vae_latents is not None:
+            return family.vae_latents(pipe, x)
+        encoded = pipe.vae.encode(x)
+        z = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latent
+        return (z - shift) * pipe.vae.config.scaling_factor
 
     def loss(self, generator: torch.Generator) -> torch.Tensor:
         b = self.cfg.batch_size

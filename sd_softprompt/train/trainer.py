@@ -128,11 +128,10 @@ def train(cfg: TrainConfig, pipe=None, *, around_step: StepHook | None = None) -
     from sd_softprompt.train import TrainConfig, train
 
     cfg = TrainConfig(
-        model="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        model="toyworld",  # the shipped toy model, offline; a hub id or folder trains a real one
         out="sunrise.safetensors",
         target="image of serene landscape at sunrise with trees mountains and lake",
         vectors=3,
-        mixed_precision="fp16",
     )
     result = train(cfg)  # sunrise.safetensors and sunrise.report.json
     print(result.metrics["distance"]["alone"]["ratio_to_first_n_words"])
