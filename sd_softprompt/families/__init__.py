@@ -9,7 +9,7 @@ the package is written against that row. A new family is a new file and one line
 from __future__ import annotations
 
 from ..errors import UnsupportedPipelineError
-from .base import Cond, Encoder, Family, fits_window, prediction_type, prompt_tokens, size_rule
+from .base import Cond, Encoder, Family, fits_window, prediction_type, prompt_tokens, size_rule, tokenizer_of
 from .chroma import CHROMA
 from .clip import CHUNK, chunk_token_ids
 from .flux import FLUX
@@ -36,6 +36,7 @@ __all__ = [
     "prediction_type",
     "prompt_tokens",
     "size_rule",
+    "tokenizer_of",
 ]
 
 # One registration line per family. The order is detection's and the file keys' (a width two encoders share,

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..families import Cond, Family, prediction_type
+from ..families import Cond, Family, prediction_type, tokenizer_of
 
 
 # ---------------------------------------------------------------- where soft and hard states correspond
@@ -50,7 +50,7 @@ def alignments(pipe, family: Family, hard: str, n_soft: int) -> list[Alignment]:
         return [Alignment(start, n_soft, n_hard)]
     out, offset = [], 0
     for i, name in enumerate(family.state_tokenizers):
-        tokenizer = getattr(pipe, name)
+        tokenizer = tokenizer_of(pipe, name)
         length = tokenizer.model_max_length if i < len(family.state_tokenizers) - 1 else None
         out.append(alignment(tokenizer, hard, n_soft, offset, length))
         offset += length or 0
