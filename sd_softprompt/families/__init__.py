@@ -13,6 +13,7 @@ from .base import Cond, Encoder, Family, fits_window, prediction_type, prompt_to
 from .chroma import CHROMA
 from .clip import CHUNK, chunk_token_ids
 from .flux import FLUX
+from .flux2 import FLUX2
 from .flux2_klein import FLUX2_KLEIN, FLUX2_KLEIN_9B
 from .hidream import HIDREAM
 from .lumina2 import LUMINA2
@@ -57,6 +58,7 @@ FAMILIES: dict[str, Family] = {
         QWEN_IMAGE,
         FLUX2_KLEIN,
         FLUX2_KLEIN_9B,
+        FLUX2,
     )
 }
 

@@ -426,7 +426,7 @@ def save_tiny(family: str, path: str | Path, seed: int = 0) -> Path:
     return path
 
 
-# ---- decoder-only text encoders (Sana, Lumina 2, Qwen-Image, Flux.2 Klein) ----------------------------------
+# ---- decoder-only text encoders (Sana, Lumina 2, Qwen-Image, Flux.2 Klein, Flux.2) ---------------------------
 def build_sana(seed: int = 0):
     """A tiny SanaPipeline: Gemma 2 (2 layers, 32 wide; its last normed states, as Sana takes them) with a
     tokenizer whose words include the complex human instruction, a linear-attention DiT, a DC-AE (8x here)."""
@@ -628,3 +628,25 @@ def build_flux2_klein(seed: int = 0, is_distilled: bool = False):
 
 
 BUILDERS |= {"qwen_image": build_qwen_image, "flux2_klein": build_flux2_klein}
+
+
+def build_flux2(seed: int = 0):
+    """A tiny Flux2Pipeline (Flux.2 [dev]: guidance-distilled, a guidance embedding): Mistral 3 (31 layers, 32
+    wide, so that the pipeline's layers 10, 20 and 30 exist, a 1-layer vision tower) behind a text-only stand-in
+    for its PixtralProcessor, with Mistral Small 3's chat template, the pipeline's system message in the
+    vocabulary and a 64-token window padded on the left, as Flux.2's tokenizer pads; the Flux.2 transformer,
+    VAE and scheduler of the tiny Klein."""
+    from diffusers import Flux2Pipeline
+    from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
+    from transformers import Mistral3ForConditionalGeneration
+
+    from .tiny_llm import MISTRAL3_CHAT_TEMPLATE, mistral3_config, mistral_tokenizer, text_processor
+
+    torch.manual_seed(seed)
+    tokenizer = mistral_tokenizer([SYSTEM_MESSAGE], model_max_length=64)
+    text_encoder = Mistral3ForConditionalGeneration(mistral3_config(len(tokenizer), 32, layers=31))
+    processor = text_processor(tokenizer, MISTRAL3_CHAT_TEMPLATE)
+    return _eval(Flux2Pipeline(text_encoder=text_encoder, tokenizer=processor, **_flux2_parts(True)))
+
+
+BUILDERS["flux2"] = build_flux2
