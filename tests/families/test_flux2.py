@@ -145,6 +145,13 @@ def test_text_mode_beats_baselines(flux2, tmp_path):
         assert d["ratio_to_first_n_words"] < FIRST_N_BOUND and d["ratio_to_empty"] < EMPTY_BOUND, (where, d)
 
 
+def test_the_state_losses_are_refused_the_prompt_moves_with_its_length(flux2, tmp_path):
+    cfg = TrainConfig(model="tiny-flux2", out=str(tmp_path / "s.safetensors"), target=HARD, vectors=3, steps=2,
+                      loss="sequence", progress=False, checkpoint_every=0)  # fmt: skip
+    with pytest.raises(ConfigError, match="pads on the left.*use --loss denoiser"):
+        train(cfg, pipe=flux2)
+
+
 def test_images_mode_lowers_its_fixed_batch_loss(flux2, tmp_path):
     folder = tmp_path / "pics"
     folder.mkdir()
