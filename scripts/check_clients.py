@@ -24,9 +24,10 @@ first step that failed and why, and `-` where the client runs no model of that f
   another width is what `set_up_textual_embeddings` drops with a warning. The stubs are printed.
 
 `--to bundle` rows (a small LoRA with the soft prompt bundled) are given to ComfyUI alone: the others read no
-embeddings from LoRA files. Real widths (768, 1024, 1280, 2304, 2560, 4096) for InvokeAI and ComfyUI, which pick the
-model by width; the tiny pipelines' widths for diffusers and compel. A client that is not found is skipped,
-saying so. The table in docs/formats.md ("Which client reads what") and the README's are this script's output.
+embeddings from LoRA files. Real widths (768, 1024, 1280, 2304, 2560, 4096, 5120) for InvokeAI and ComfyUI,
+which pick the model by width; the tiny pipelines' widths for diffusers and compel. A client that is not found
+is skipped, saying so. The table in docs/formats.md ("Which client reads what") and the README's are this
+script's output.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ PROMPT = "{} mountain view"
 # family's encoders, as ComfyUI's code sets them: sd1_clip.SDTokenizer's defaults (clip_l, 768);
 # text_encoders/sd2_clip.py SD2ClipHTokenizer (embedding_size=1024, the key left at the default clip_l);
 # sdxl_clip.SDXLClipGTokenizer (clip_g, 1280); text_encoders/sd3_clip.py and flux.py T5XXLTokenizer
-# (t5xxl, 4096); text_encoders/lumina2.py Gemma2BTokenizer (gemma2_2b, 2304). ComfyUI has no Sana model.
+# (t5xxl, 4096); text_encoders/lumina2.py Gemma2BTokenizer (gemma2_2b, 2304); flux.py Mistral3Tokenizer
+# (mistral3_24b, 5120), Flux.2's. ComfyUI has no Sana model.
 COMFY_KEYS = {
     "sd1": [("clip_l", 768)],
     "sd2": [("clip_l", 1024)],
@@ -80,6 +82,7 @@ COMFY_KEYS = {
     "hidream": [("clip_l", 768), ("clip_g", 1280), ("t5xxl", 4096), ("llama", 4096)],
     "flux2_klein": [("qwen3_4b", 2560)],
     "flux2_klein_9b": [("qwen3_8b", 4096)],
+    "flux2": [("mistral3_24b", 5120)],
 }
 INVOKE_BASES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}  # InvokeAI's textual-inversion bases
 DIFFUSERS_FAMILIES = ("sd1", "sd2", "sdxl")

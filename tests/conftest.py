@@ -143,3 +143,9 @@ def qwen_image():
 @pytest.fixture
 def flux2_klein():
     return tiny.build_flux2_klein()
+
+
+# ---- Mistral 3 (Flux.2 [dev]) --------------------------------------------------------------------------------
+@pytest.fixture
+def flux2():
+    return tiny.build_flux2()

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, list[set[str]]]] = [
             {"sd"},
             {"sdxl", "sd3", "flux", "sana", "chroma", "pixart", "hidream"},
             {"lumina2", "qwen_image", "flux2_klein"},
+            {"flux2"},
             {"__init__"},
         ],
     ),

@@ -9,10 +9,11 @@ the package is written against that row. A new family is a new file and one line
 from __future__ import annotations
 
 from ..errors import UnsupportedPipelineError
-from .base import Cond, Encoder, Family, fits_window, prediction_type, prompt_tokens, size_rule
+from .base import Cond, Encoder, Family, fits_window, prediction_type, prompt_tokens, size_rule, tokenizer_of
 from .chroma import CHROMA
 from .clip import CHUNK, chunk_token_ids
 from .flux import FLUX
+from .flux2 import FLUX2
 from .flux2_klein import FLUX2_KLEIN, FLUX2_KLEIN_9B
 from .hidream import HIDREAM
 from .lumina2 import LUMINA2
@@ -36,6 +37,7 @@ __all__ = [
     "prediction_type",
     "prompt_tokens",
     "size_rule",
+    "tokenizer_of",
 ]
 
 # One registration line per family. The order is detection's and the file keys' (a width two encoders share,
@@ -56,6 +58,7 @@ FAMILIES: dict[str, Family] = {
         QWEN_IMAGE,
         FLUX2_KLEIN,
         FLUX2_KLEIN_9B,
+        FLUX2,
     )
 }
 

@@ -93,13 +93,22 @@ class Family:
         return tuple(e.key for e in self.encoders)
 
 
+def tokenizer_of(pipe, name: str):
+    """The tokenizer at the pipeline attribute `name`: the object itself, or the tokenizer inside it where the
+    pipeline keeps a processor there (Flux.2: a PixtralProcessor, whose chat template tokenizes with it)."""
+    found = getattr(pipe, name)
+    from transformers import ProcessorMixin
+
+    return found.tokenizer if isinstance(found, ProcessorMixin) else found
+
+
 def prompt_tokens(pipe, family: Family, prompt: str) -> tuple[int, int]:
     """(the prompt's tokens, the tokens one window holds) for the encoders that set the denoiser's states
     (CLIP: 75 of 77 positions; Flux: T5; SD3: CLIP's window, then T5's): the first window it overflows."""
     if family.prompt_span is not None:  # a template around the prompt: count the prompt's tokens inside it
         return family.prompt_span(pipe, prompt)[1], family.prompt_window(pipe)
     for name in family.state_tokenizers:
-        tokenizer = getattr(pipe, name)
+        tokenizer = tokenizer_of(pipe, name)
         specials = len(tokenizer("").input_ids)  # start/end-of-text the tokenizer adds
         n, window = (
             len(tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids),

@@ -64,9 +64,10 @@ def no_negative_klein(pipe, batch: int) -> Cond | None:
     return None if pipe.config.is_distilled else encode_klein(pipe, [""] * batch)
 
 
-def _predict_klein(pipe, x_t, t, cond: Cond):
-    """x_t: patchified latents [B, C, h, w] (as the pipeline denoises them); t: sigmas in [0, 1]. Returns the
-    velocity, in the same layout."""
+def predict_flux2(pipe, x_t, t, cond: Cond):
+    """The Flux.2 transformer's step (Klein and Flux.2 [dev] share it; a guidance embedding gets 4.0, both
+    pipelines' default). x_t: patchified latents [B, C, h, w] (as the pipeline denoises them); t: sigmas in
+    [0, 1]. Returns the velocity, in the same layout."""
     b, c, h, w = x_t.shape
     states = cond["states"].to(x_t.dtype)
     guidance = None
@@ -84,7 +85,7 @@ def _predict_klein(pipe, x_t, t, cond: Cond):
     return out.permute(0, 2, 1).reshape(b, c, h, w)  # tokens are row-major over the latent grid
 
 
-def _klein_latents(pipe, images: torch.Tensor) -> torch.Tensor:
+def flux2_vae_latents(pipe, images: torch.Tensor) -> torch.Tensor:
     """The VAE's mode, patchified 2x2 and normalised by its batch-norm statistics, as the pipeline encodes a
     reference image."""
     vae = pipe.vae
@@ -109,11 +110,11 @@ def _klein_call(pipe, negative_prompt: str | None) -> dict:
     return kwargs
 
 
-def _klein_size(pipe) -> int:
+def flux2_size(pipe) -> int:
     return pipe.default_sample_size * pipe.vae_scale_factor  # 1024 px
 
 
-def _klein_latent(pipe, height: int, width: int):
+def flux2_latent_shape(pipe, height: int, width: int):
     f = pipe.vae_scale_factor * 2  # 2x2 patches of the VAE's latents
     return (pipe.transformer.config.in_channels, height // f, width // f)
 
@@ -128,12 +129,12 @@ def _is_8b(pipe) -> bool:
 
 _KLEIN = dict(
     encode=encode_klein,
-    predict=_predict_klein,
-    latent_shape=_klein_latent,
+    predict=predict_flux2,
+    latent_shape=flux2_latent_shape,
     objective="flow",
     denoiser="transformer",
     latent_patch=2,
-    native_size=_klein_size,
+    native_size=flux2_size,
     guidance=KLEIN_GUIDANCE,
     call_kwargs=_klein_call,
     pipelines=("Flux2KleinPipeline",),
@@ -144,7 +145,7 @@ _KLEIN = dict(
     formats=("native", "comfyui"),  # ComfyUI: qwen3_4b / qwen3_8b
     prompt_span=prompt_span(klein_state_ids),
     prompt_window=_prompt_window,
-    vae_latents=_klein_latents,
+    vae_latents=flux2_vae_latents,
 )
 FLUX2_KLEIN = Family("flux2_klein", "Flux.2 Klein 4B", (QWEN3_4B,), matches=lambda pipe: not _is_8b(pipe), **_KLEIN)
 FLUX2_KLEIN_9B = Family("flux2_klein_9b", "Flux.2 Klein 9B", (QWEN3_8B,), matches=_is_8b, **_KLEIN)

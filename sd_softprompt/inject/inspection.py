@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, printable
-from ..families import Encoder, Family, detect_family
+from ..families import Encoder, Family, detect_family, tokenizer_of
 from ..files.keys import UNASSIGNED
 from ..files.softprompt import SoftPrompt
 from .loader import assign_encoders, loaded_tokens
@@ -99,7 +99,7 @@ def _norm_flags(ratios: list[float | None], tokens: list[str]) -> list[str]:
 
 def _vocabulary_ids(pipe, encoder: Encoder, rows: int) -> torch.Tensor:
     """Row ids of the original vocabulary: no added tokens, no spare (untrained) rows past it."""
-    tokenizer = getattr(pipe, encoder.tokenizer)
+    tokenizer = tokenizer_of(pipe, encoder.tokenizer)
     ids = torch.arange(min(tokenizer.vocab_size, rows))
     soft = loaded_tokens(pipe)
     if soft:
@@ -123,7 +123,7 @@ def _against_vocabulary(pipe, encoder: Encoder, vectors: torch.Tensor, top_k: in
     mean = float(norms_all.mean())
     k = min(top_k, len(ids))
     best = cos_all.topk(k, dim=1) if k > 0 else None
-    tokenizer = getattr(pipe, encoder.tokenizer)
+    tokenizer = tokenizer_of(pipe, encoder.tokenizer)
     nearest = []
     for row in range(vectors.shape[0]):
         if best is None:

@@ -16,7 +16,7 @@ from dataclasses import replace as replace_
 import torch
 
 from ..errors import ConfigError, SourceError, TokenCollisionError, WidthMismatchError, listed, shorten
-from ..families import Encoder, Family, detect_family
+from ..families import Encoder, Family, detect_family, tokenizer_of
 from ..files.convert import load_all
 from ..files.keys import UNASSIGNED
 from ..files.softprompt import SoftPrompt, check_source
@@ -207,7 +207,7 @@ def _check_vocab(pipe, plans: list[_Plan], replace: bool) -> list[str]:
     swap: list[str] = []
     for plan in plans:
         for encoder in [*(enc for enc, _ in plan.pairs), *plan.blank]:
-            taken = present_tokens(getattr(pipe, encoder.tokenizer), plan.tokens)
+            taken = present_tokens(tokenizer_of(pipe, encoder.tokenizer), plan.tokens)
             if taken and not (replace and set(taken) <= ours):
                 hint = (
                     "pass replace=True (--replace) to swap them" if set(taken) <= ours else "choose other token names"
@@ -409,7 +409,7 @@ def unload_soft_prompt(pipe, tokens: list[str] | str | None = None, *, family: F
         # stay keeps ids dense and the untouched state bitwise identical. Tokens another tool added since
         # (diffusers' load_textual_inversion) are not ours to drop: they go back in after ours.
         table = embedding_table(pipe, encoder)
-        vocab = getattr(pipe, encoder.tokenizer).get_vocab()
+        vocab = tokenizer_of(pipe, encoder.tokenizer).get_vocab()
         keep = [t for t in keep if t in vocab]  # another tool may have taken some of ours out
         kept = table[[vocab[t] for t in keep]].clone()
         theirs, their_rows = foreign_rows(pipe, encoder, state)
@@ -454,7 +454,7 @@ def prompt_overflow(pipe, prompt: str, family: Family | None = None) -> list[str
     soft = set(loaded_tokens(pipe))
     out = []
     for encoder in (family or detect_family(pipe)).encoders:
-        tokenizer = getattr(pipe, encoder.tokenizer)
+        tokenizer = tokenizer_of(pipe, encoder.tokenizer)
         ids = tokenizer(prompt, add_special_tokens=False).input_ids
         specials = len(tokenizer("").input_ids)  # start/end-of-text the tokenizer adds
         window = tokenizer.model_max_length - specials

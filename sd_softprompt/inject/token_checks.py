@@ -9,7 +9,7 @@ import math
 import torch
 
 from ..errors import InvalidVectorsError, TokenCollisionError, listed, shorten
-from ..families import Encoder, Family
+from ..families import Encoder, Family, tokenizer_of
 
 
 def present_tokens(tokenizer, tokens: list[str]) -> list[str]:
@@ -78,7 +78,7 @@ def _shadow_finder(tokenizer):
 
 def check_shadowing(pipe, family: Family, tokens: list[str], source: str) -> None:
     for encoder in family.encoders:  # every tokenizer of the pipeline, not only those the file has vectors for
-        find = _shadow_finder(getattr(pipe, encoder.tokenizer))
+        find = _shadow_finder(tokenizer_of(pipe, encoder.tokenizer))
         for i, token in enumerate(tokens):
             entry = find(token)
             if entry is not None:

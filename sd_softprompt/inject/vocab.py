@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..families import Encoder
+from ..families import Encoder, tokenizer_of
 
 _STATE_ATTR = "_sd_softprompt_state"
 
@@ -61,7 +61,7 @@ def embedding_table(pipe, encoder: Encoder) -> torch.Tensor:
 def foreign_rows(pipe, encoder: Encoder, state: _EncoderState) -> tuple[list[str], torch.Tensor | None]:
     """Tokens another tool added since our first load (diffusers' load_textual_inversion), with their rows:
     rebuilding the table from our snapshot must put them back, not drop them."""
-    tokenizer = getattr(pipe, encoder.tokenizer)
+    tokenizer = tokenizer_of(pipe, encoder.tokenizer)
     before, ours = state.tokenizer.get_added_vocab(), set(state.tokens)
     added = sorted(tokenizer.get_added_vocab().items(), key=lambda item: item[1])
     theirs = [(token, i) for token, i in added if token not in before and token not in ours]
@@ -73,7 +73,7 @@ def foreign_rows(pipe, encoder: Encoder, state: _EncoderState) -> tuple[list[str
 
 def put_back(pipe, encoder: Encoder, tokens: list[str], rows: torch.Tensor) -> None:
     """Re-add another tool's tokens and rows after a rebuild; they stay theirs (not recorded as soft tokens)."""
-    tokenizer = getattr(pipe, encoder.tokenizer)
+    tokenizer = tokenizer_of(pipe, encoder.tokenizer)
     text_encoder = getattr(pipe, encoder.text_encoder)
     tokenizer.add_tokens(tokens)
     ids = tokenizer.convert_tokens_to_ids(tokens)
@@ -116,7 +116,7 @@ def _set_rows(text_encoder: nn.Module, weight: torch.Tensor) -> None:
 
 
 def add_rows(pipe, encoder: Encoder, tokens: list[str], vectors: torch.Tensor) -> None:
-    tokenizer = getattr(pipe, encoder.tokenizer)
+    tokenizer = tokenizer_of(pipe, encoder.tokenizer)
     text_encoder = getattr(pipe, encoder.text_encoder)
     states = encoder_states(pipe)
     weight = embedding_table(pipe, encoder)
@@ -141,7 +141,7 @@ def add_rows(pipe, encoder: Encoder, tokens: list[str], vectors: torch.Tensor) -
 
 
 def restore_encoder(pipe, encoder: Encoder, state: _EncoderState) -> None:
-    tokenizer = getattr(pipe, encoder.tokenizer)
+    tokenizer = tokenizer_of(pipe, encoder.tokenizer)
     # In place, so that references the caller holds to the tokenizer see the restored one. The snapshot is
     # used up (its state is dropped after a reset), so its insides move over without another copy.
     tokenizer.__dict__.clear()
@@ -162,4 +162,4 @@ def restore_encoder(pipe, encoder: Encoder, state: _EncoderState) -> None:
 
 def token_ids(pipe, encoder: Encoder, tokens: list[str]) -> list[int]:
     """Ids of loaded soft tokens in one encoder's tokenizer."""
-    return getattr(pipe, encoder.tokenizer).convert_tokens_to_ids(tokens)
+    return tokenizer_of(pipe, encoder.tokenizer).convert_tokens_to_ids(tokens)

@@ -426,7 +426,7 @@ def save_tiny(family: str, path: str | Path, seed: int = 0) -> Path:
     return path
 
 
-# ---- decoder-only text encoders (Sana, Lumina 2, Qwen-Image, Flux.2 Klein) ----------------------------------
+# ---- decoder-only text encoders (Sana, Lumina 2, Qwen-Image, Flux.2 Klein, Flux.2) ---------------------------
 def build_sana(seed: int = 0):
     """A tiny SanaPipeline: Gemma 2 (2 layers, 32 wide; its last normed states, as Sana takes them) with a
     tokenizer whose words include the complex human instruction, a linear-attention DiT, a DC-AE (8x here)."""
@@ -575,24 +575,11 @@ def build_qwen_image(seed: int = 0):
     )
 
 
-def build_flux2_klein(seed: int = 0, is_distilled: bool = False):
-    """A tiny Flux2KleinPipeline (a base model: guidance against the empty prompt): Qwen3 (28 layers, 32 wide,
-    so that the pipeline's layers 9, 18 and 27 exist) with Qwen3's chat template and a 48-token window, a Flux.2
-    transformer, a VAE with batch-norm latent statistics (8x, 2x2 patches)."""
-    from diffusers import (
-        AutoencoderKLFlux2,
-        FlowMatchEulerDiscreteScheduler,
-        Flux2KleinPipeline,
-        Flux2Transformer2DModel,
-    )
-    from transformers import Qwen3ForCausalLM
+def _flux2_parts(guidance_embeds: bool):
+    """The Flux.2 transformer (reading three 32-wide layers' states), its VAE with batch-norm latent statistics
+    (8x, 2x2 patches) and scheduler, as Klein and Flux.2 [dev] share them."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
 
-    from .tiny_llm import QWEN3_CHAT_TEMPLATE, QWEN3_CHAT_WORDS, qwen3_config, qwen_tokenizer
-
-    torch.manual_seed(seed)
-    tokenizer = qwen_tokenizer([QWEN3_CHAT_WORDS], model_max_length=48, chat_template=QWEN3_CHAT_TEMPLATE)
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    text_encoder = Qwen3ForCausalLM(qwen3_config(len(tokenizer), 32, layers=28, eos_token_id=im_end))
     transformer = Flux2Transformer2DModel(
         patch_size=1,
         in_channels=16,  # 4 latent channels in 2x2 patches
@@ -603,7 +590,7 @@ def build_flux2_klein(seed: int = 0, is_distilled: bool = False):
         joint_attention_dim=96,  # three 32-wide layers' states
         timestep_guidance_channels=32,
         axes_dims_rope=(4, 4, 4, 4),
-        guidance_embeds=False,
+        guidance_embeds=guidance_embeds,
     )
     vae = AutoencoderKLFlux2(
         block_out_channels=(8, 8, 16, 16),
@@ -617,16 +604,49 @@ def build_flux2_klein(seed: int = 0, is_distilled: bool = False):
         vae.bn.running_mean.copy_(torch.linspace(-0.3, 0.3, vae.bn.num_features))
         vae.bn.running_var.copy_(torch.linspace(0.5, 2.0, vae.bn.num_features))
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, time_shift_type="exponential")
+    return dict(transformer=transformer, vae=vae, scheduler=scheduler)
+
+
+def build_flux2_klein(seed: int = 0, is_distilled: bool = False):
+    """A tiny Flux2KleinPipeline (a base model: guidance against the empty prompt): Qwen3 (28 layers, 32 wide,
+    so that the pipeline's layers 9, 18 and 27 exist) with Qwen3's chat template and a 48-token window, a Flux.2
+    transformer, a VAE with batch-norm latent statistics (8x, 2x2 patches)."""
+    from diffusers import Flux2KleinPipeline
+    from transformers import Qwen3ForCausalLM
+
+    from .tiny_llm import QWEN3_CHAT_TEMPLATE, QWEN3_CHAT_WORDS, qwen3_config, qwen_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = qwen_tokenizer([QWEN3_CHAT_WORDS], model_max_length=48, chat_template=QWEN3_CHAT_TEMPLATE)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    text_encoder = Qwen3ForCausalLM(qwen3_config(len(tokenizer), 32, layers=28, eos_token_id=im_end))
     return _eval(
         Flux2KleinPipeline(
-            scheduler=scheduler,
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            transformer=transformer,
-            is_distilled=is_distilled,
+            text_encoder=text_encoder, tokenizer=tokenizer, is_distilled=is_distilled, **_flux2_parts(False)
         )
     )
 
 
 BUILDERS |= {"qwen_image": build_qwen_image, "flux2_klein": build_flux2_klein}
+
+
+def build_flux2(seed: int = 0):
+    """A tiny Flux2Pipeline (Flux.2 [dev]: guidance-distilled, a guidance embedding): Mistral 3 (31 layers, 32
+    wide, so that the pipeline's layers 10, 20 and 30 exist, a 1-layer vision tower) behind a text-only stand-in
+    for its PixtralProcessor, with Mistral Small 3's chat template, the pipeline's system message in the
+    vocabulary and a 64-token window padded on the left, as Flux.2's tokenizer pads; the Flux.2 transformer,
+    VAE and scheduler of the tiny Klein."""
+    from diffusers import Flux2Pipeline
+    from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
+    from transformers import Mistral3ForConditionalGeneration
+
+    from .tiny_llm import MISTRAL3_CHAT_TEMPLATE, mistral3_config, mistral_tokenizer, text_processor
+
+    torch.manual_seed(seed)
+    tokenizer = mistral_tokenizer([SYSTEM_MESSAGE], model_max_length=64)
+    text_encoder = Mistral3ForConditionalGeneration(mistral3_config(len(tokenizer), 32, layers=31))
+    processor = text_processor(tokenizer, MISTRAL3_CHAT_TEMPLATE)
+    return _eval(Flux2Pipeline(text_encoder=text_encoder, tokenizer=processor, **_flux2_parts(True)))
+
+
+BUILDERS["flux2"] = build_flux2

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..families import Cond, Family, prediction_type
+from ..families import Cond, Family, prediction_type, tokenizer_of
 
 
 # ---------------------------------------------------------------- where soft and hard states correspond
@@ -47,10 +47,16 @@ def alignments(pipe, family: Family, hard: str, n_soft: int) -> list[Alignment]:
     """One Alignment per segment of the family's states: each tokenizer but the last fills its window."""
     if family.prompt_span is not None:  # a template around the prompt (LLM encoders): where it sits in it
         start, n_hard = family.prompt_span(pipe, hard)
+        # padded on the left (Flux.2), a longer prompt starts earlier: no start holds for soft and hard prompts
+        if start != family.prompt_span(pipe, f"{hard} {hard}")[0]:
+            raise ConfigError(
+                "the state losses line soft and hard prompts up from where the prompt starts, and this pipeline "
+                "pads on the left, so that a prompt starts later the shorter it is; use --loss denoiser"
+            )
         return [Alignment(start, n_soft, n_hard)]
     out, offset = [], 0
     for i, name in enumerate(family.state_tokenizers):
-        tokenizer = getattr(pipe, name)
+        tokenizer = tokenizer_of(pipe, name)
         length = tokenizer.model_max_length if i < len(family.state_tokenizers) - 1 else None
         out.append(alignment(tokenizer, hard, n_soft, offset, length))
         offset += length or 0

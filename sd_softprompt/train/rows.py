@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ..families import Encoder, Family
+from ..families import Encoder, Family, tokenizer_of
 from ..inject.vocab import token_ids
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def initial_vectors(pipe, family: Family, cfg: TrainConfig, generator: torch.Gen
     out = {}
     for enc in family.encoders:
         table = getattr(pipe, enc.text_encoder).get_input_embeddings().weight.detach()
-        ids = getattr(pipe, enc.tokenizer)(words, add_special_tokens=False).input_ids if words else []
+        ids = tokenizer_of(pipe, enc.tokenizer)(words, add_special_tokens=False).input_ids if words else []
         if ids:
             out[enc.key] = _resample(table[ids].float().cpu(), cfg.vectors)
         else:
