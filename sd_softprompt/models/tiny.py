@@ -24,7 +24,10 @@ __all__ = [
     "build_pixart_sigma",
     "build_sd",
     "build_sd3",
+    "build_sd_diffusers_tests",
     "build_sdxl",
+    "build_sdxl_diffusers_tests",
+    "NOT_OURS",
     "clip_text_config",
     "clip_tokenizer",
     "clip_vocab_and_merges",
@@ -650,3 +653,121 @@ def build_flux2(seed: int = 0):
 
 
 BUILDERS["flux2"] = build_flux2
+
+
+# ---- configs this project did not choose: diffusers' own pipeline tests ------------------------------------
+# Our tiny pipelines were shaped by us, and figures on them flatter what we tuned on them. These take the
+# component configs of diffusers' fast tests (tests/pipelines/stable_diffusion/test_stable_diffusion.py and
+# stable_diffusion_xl/test_stable_diffusion_xl.py, get_dummy_components, at diffusers 58eb52c0803e): an 8-wide
+# CLIP of 2 layers for SD, two 32-wide CLIPs of 5 layers for SDXL, their UNets and VAEs. Only the tokenizer is
+# ours (theirs, hf-internal-testing/tiny-random-clip, is a download): its vocabulary fits their 1000 ids.
+def build_sd_diffusers_tests(seed: int = 0):
+    """The StableDiffusionPipeline of diffusers' fast tests, random weights (seeded as they seed them)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=8,
+        norm_num_groups=2,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[4, 8],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        norm_num_groups=2,
+    )
+    torch.manual_seed(seed)
+    text_config = dict(hidden_size=8, intermediate_size=16, num_attention_heads=2, num_hidden_layers=2)
+    text_encoder = CLIPTextModel(_diffusers_tests_clip(**text_config))
+    return _eval(
+        StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=clip_tokenizer(),
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    )
+
+
+def build_sdxl_diffusers_tests(seed: int = 0):
+    """The StableDiffusionXLPipeline of diffusers' fast tests, random weights (seeded as they seed them)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(2, 4),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        norm_num_groups=1,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear", timestep_spacing="leading"
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        sample_size=128,
+    )
+    torch.manual_seed(seed)
+    text_config = dict(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5, hidden_act="gelu"
+    )
+    text_encoder = CLIPTextModel(_diffusers_tests_clip(**text_config, projection_dim=32))
+    text_encoder_2 = CLIPTextModelWithProjection(_diffusers_tests_clip(**text_config, projection_dim=32))
+    return _eval(
+        StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=clip_tokenizer(),
+            tokenizer_2=clip_tokenizer(pad_token="!"),
+            unet=unet,
+            scheduler=scheduler,
+        )
+    )
+
+
+def _diffusers_tests_clip(**kw):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5, pad_token_id=1, vocab_size=1000, **kw)
+
+
+# Not in BUILDERS (one per family, ours): measured beside them by scripts/measure_long_negative.py --not-ours.
+NOT_OURS = {"sd1": build_sd_diffusers_tests, "sdxl": build_sdxl_diffusers_tests}

@@ -181,7 +181,7 @@ def _finite(value) -> bool:
 
 # Settings left unset (None) are the model's own, known only once it is loaded (--resolution: its native size):
 # before the model loads they are compared only when given.
-RESOLVED_LATER = ("resolution",)
+RESOLVED_LATER = ("resolution", "vectors")  # --vectors auto: N from the target, counted by the model's tokenizer
 
 
 def load_checkpoint(path: Path, cfg: TrainConfig, *, resolved: bool = True) -> dict:
@@ -196,7 +196,7 @@ def load_checkpoint(path: Path, cfg: TrainConfig, *, resolved: bool = True) -> d
         raise ConfigError(f"{path}: a checkpoint from another version of sd-softprompt; {fix}")
     key, recorded = _run_key(cfg), state["run"]
     if not resolved:
-        unset = [name for name in RESOLVED_LATER if key.get(name) is None]
+        unset = [name for name in RESOLVED_LATER if key.get(name) in (None, "auto")]
         key = {k: v for k, v in key.items() if k not in unset}
         recorded = {k: v for k, v in recorded.items() if k not in unset}
     if recorded != key:

@@ -54,8 +54,15 @@ def check_config(cfg: TrainConfig) -> None:
         )
     if cfg.mode == "images":
         scan_images(cfg.images)
-    if not isinstance(cfg.vectors, int) or not 1 <= cfg.vectors <= MAX_VECTORS:
-        raise ConfigError(f"--vectors must be between 1 and {MAX_VECTORS}, not {cfg.vectors}")
+    if cfg.vectors == "auto":
+        if cfg.mode != "text":
+            raise ConfigError("--vectors auto picks N from the --target's length (text mode); give a number here")
+        if cfg.tokens is not None:
+            raise ConfigError(
+                "--vectors auto picks N once the model is loaded; with --tokens give --vectors as a number"
+            )
+    elif isinstance(cfg.vectors, bool) or not isinstance(cfg.vectors, int) or not 1 <= cfg.vectors <= MAX_VECTORS:
+        raise ConfigError(f"--vectors must be between 1 and {MAX_VECTORS} or auto, not {cfg.vectors}")
     _check_numbers(cfg)
     if cfg.tokens is not None:
         tokens = list(cfg.tokens)

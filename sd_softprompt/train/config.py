@@ -11,6 +11,15 @@ from pathlib import Path
 from typing import Any
 
 
+def vector_count(text: str | int) -> int | str:
+    """--vectors: a whole number, or "auto" (text mode: the trainer picks N from the target's length)."""
+    if isinstance(text, str) and text.strip().lower() == "auto":
+        return "auto"
+    if isinstance(text, bool) or (not isinstance(text, int) and not str(text).strip().isdigit()):
+        raise ValueError(f"{text!r} is not a whole number or auto")
+    return int(text)
+
+
 def option(default: Any = None, help: str = "", *, flag: str | None = None, factory: Any = None, **argparse) -> Any:
     """A field whose metadata carries its flag's help and argparse keywords (flag: default --field-name)."""
     metadata = {"help": help, "flag": flag, "argparse": argparse}
@@ -39,7 +48,12 @@ class TrainConfig:
         None, "validation grids' negative prompt; {} stands for the soft tokens (SD, SDXL, SD3)"
     )
     images: str | None = option(None, "images mode: folder of pictures (+ optional same-name .txt captions)")
-    vectors: int = option(4, "number of soft vectors N", type=int)
+    vectors: int | str = option(
+        4,
+        "number of soft vectors N, or auto (text mode: one per 10 tokens of the --target, 2 to 16)",
+        type=vector_count,
+        metavar="N",
+    )
     steps: int = option(300, "optimizer steps", type=int)
     lr: float = option(5e-3, "learning rate", type=float)
     batch_size: int = option(4, "batch size", type=int)

@@ -95,6 +95,11 @@ def _checked(path: Path, key: str, value: Any, options: dict) -> Any:
 
 def _scalar(path: Path, key: str, value: Any, kind: type, choices) -> Any:
     shown = shorten(repr(value), 40)
+    if kind not in (int, float, str):  # the flag's own parser (--vectors: a whole number or auto)
+        try:
+            return kind(value)
+        except ValueError as e:
+            raise ConfigError(f"{path}: {key} = {shown}: {e}") from None
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{path}: {key} = {shown}: must be a whole number (written without quotes)")
     if kind is float:

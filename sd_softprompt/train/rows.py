@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from ..families import Encoder, Family, tokenizer_of
+from ..families import Encoder, Family, prompt_tokens, tokenizer_of
 from ..inject.vocab import token_ids
 
 if TYPE_CHECKING:
@@ -93,6 +94,17 @@ def _resample(rows: torch.Tensor, n: int) -> torch.Tensor:
 def vocab_norm(pipe, enc: Encoder) -> float:
     w = getattr(pipe, enc.text_encoder).get_input_embeddings().weight.detach().float()
     return w.norm(dim=1).mean().item()
+
+
+# --vectors auto: one vector per AUTO_TOKENS tokens of the target, AUTO_MIN to AUTO_MAX. On random tiny SD1 and
+# SDXL of configs we did not choose (tiny.NOT_OURS), 150-200 token targets need 16 vectors to come within half
+# of the truncated prompt's distance (docs/long-and-negative-prompts.md); 32 trained no better in 300 steps.
+AUTO_TOKENS, AUTO_MIN, AUTO_MAX = 10, 2, 16
+
+
+def auto_vectors(pipe, family: Family, target: str) -> int:
+    """N for --vectors auto, from the target's length in the tokens of the encoders that set the states."""
+    return max(AUTO_MIN, min(AUTO_MAX, math.ceil(prompt_tokens(pipe, family, target)[0] / AUTO_TOKENS)))
 
 
 def initial_vectors(pipe, family: Family, cfg: TrainConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, TrainingDiverged, WriteError
-from ..families import Family, detect_family
+from ..families import Family, detect_family, prompt_tokens
 from ..files.atomic import atomic_write, together, write_json
 from ..files.softprompt import SoftPrompt
 from ..inject.loader import load_soft_prompt, unload_soft_prompt
@@ -33,7 +33,7 @@ from .config_file import config_toml
 from .loop import LoopResult, Run, StepHook, lr_factor, run_loop, unused_in_loop
 from .measure import EVAL_CONTEXTS, Probe, distance_report, join, negative_report
 from .objectives import positives_for, training_resolution
-from .rows import initial_vectors, moved_to, vocab_norm
+from .rows import auto_vectors, initial_vectors, moved_to, vocab_norm
 from .tracking import accelerator_options, finish_tracking, log_final, log_image, start_tracking
 
 __all__ = [
@@ -66,7 +66,8 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def _setup(cfg: TrainConfig, pipe) -> Run:
+def _setup(cfg: TrainConfig, pipe) -> tuple[Run, TrainConfig]:
+    """The loop's Run, and the config with what the model decides filled in (--vectors auto)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -103,6 +104,9 @@ def _setup(cfg: TrainConfig, pipe) -> Run:
     unknown = [k for k in keys if k not in family.keys]
     if unknown:
         raise ConfigError(f"--encoders {unknown}: a {family.name} model has {', '.join(family.keys)}")
+    if cfg.vectors == "auto":  # N from the target's length, in the tokens this model's encoders count
+        cfg = replace(cfg, vectors=auto_vectors(pipe, family, cfg.target))
+        log(f"--vectors auto: {cfg.vectors} vectors for the {prompt_tokens(pipe, family, cfg.target)[0]}-token target")
     # Initial vectors go in like any soft prompt; the trained encoders then read their rows from params.
     if cfg.init == "hard" and not cfg.target:
         log("--init hard without --target: starting from random vectors at the vocabulary's norm")
@@ -110,7 +114,7 @@ def _setup(cfg: TrainConfig, pipe) -> Run:
     soft = SoftPrompt(vectors=init, tokens=cfg.tokens)
     tokens = load_soft_prompt(pipe, soft, family=family, allow_shadowing=cfg.allow_shadowing)
     vectors = {k: torch.nn.Parameter(init[k].to(accelerator.device, torch.float32)) for k in keys}
-    return Run(accelerator, pipe, family, tokens, init, vectors, log)
+    return Run(accelerator, pipe, family, tokens, init, vectors, log), cfg
 
 
 def train(cfg: TrainConfig, pipe=None, *, around_step: StepHook | None = None) -> TrainResult:
@@ -141,7 +145,7 @@ def train(cfg: TrainConfig, pipe=None, *, around_step: StepHook | None = None) -
     check_config(cfg)
     check_before_run(cfg)  # a leftover checkpoint, or one of another run: refused before the model loads
     try:
-        run = _setup(cfg, pipe)
+        run, cfg = _setup(cfg, pipe)
         cfg = replace(cfg, resolution=training_resolution(run.pipe, run.family, cfg))  # the model's, unless given
         grids: list[Path] = []  # this run's validation grids
 

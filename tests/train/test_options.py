@@ -136,3 +136,37 @@ def test_snr_gamma_reaches_training_and_is_refused_where_it_means_nothing(sd1, f
     flow = _config(tmp_path, mode="images", images=str(folder), resolution=64, snr_gamma=5.0)
     with pytest.raises(ConfigError, match="flow-matching"):  # where training builds its objective, before the VAE
         ImageObjective(flux, FAMILIES["flux"], flow, ["<s1>"], log=lambda m: None)
+
+
+def test_vectors_auto_picks_n_from_the_target_length(sd1, tmp_path):
+    from sd_softprompt.cli.parser import build_parser
+    from sd_softprompt.train.config_file import load_config
+    from sd_softprompt.train.rows import AUTO_MAX, AUTO_MIN, AUTO_TOKENS
+
+    # the flag, a config file and the dataclass all take it
+    args = build_parser().parse_args(["train", "--model", "m", "--out", "o.safetensors", "--vectors", "auto"])
+    assert args.vectors == "auto"
+    (tmp_path / "c.toml").write_text('model = "m"\nout = "o.safetensors"\nvectors = "auto"\n')
+    assert load_config(tmp_path / "c.toml").vectors == "auto"
+    (tmp_path / "bad.toml").write_text('model = "m"\nout = "o.safetensors"\nvectors = "many"\n')
+    with pytest.raises(ConfigError, match="bad.toml: vectors = 'many': 'many' is not a whole number or auto"):
+        load_config(tmp_path / "bad.toml")
+    # N = the target's tokens / AUTO_TOKENS, within [AUTO_MIN, AUTO_MAX]
+    long = " ".join(["mountain lake"] * 40)  # 80 tokens on the tiny tokenizer
+    for target, want in (("a cat", AUTO_MIN), (long, 8), (" ".join([long] * 3), AUTO_MAX)):
+        assert len(sd1.tokenizer(target, add_special_tokens=False).input_ids) in (2, 80, 240)
+        result = train(
+            _config(tmp_path, target=target, vectors="auto", steps=1, eval_samples=1, probe_size=64), pipe=sd1
+        )
+        soft = SoftPrompt.load(result.soft_prompt)
+        assert soft.num_vectors == want and result.metrics["config"]["vectors"] == want, (target, want)
+        assert want == max(AUTO_MIN, min(AUTO_MAX, -(-len(target.split()) // AUTO_TOKENS)))
+    # only text mode has a target to count; --tokens fixes N before the model is loaded
+    (tmp_path / "pictures").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "pictures" / "a.png")
+    for change, message in (
+        (dict(mode="images", images=str(tmp_path / "pictures")), "--vectors auto picks N from the --target"),
+        (dict(target="a cat", tokens=["<a>", "<b>"]), "with --tokens give --vectors as a number"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            check_config(_config(tmp_path, vectors="auto", **change))
