@@ -11,6 +11,13 @@ first N words, and no negative (Flux takes no negative prompt). Mean over seeds;
 The tiny pipelines have random weights: these figures show the method works end to end and how the
 baselines compare on these models, not what a real checkpoint will give.
 
+--not-ours: the long prompt only, on pipelines whose configs this project did not choose (tiny.NOT_OURS:
+diffusers' own fast-test SD and SDXL), for each --targets file (default samples/long_prompt.txt and
+samples/long_prompt_repeating.txt, whose chunks repeat one another, so that the cut prompt is already close);
+--vectors takes auto.
+
+    OMP_NUM_THREADS=1 python scripts/measure_long_negative.py --not-ours --vectors auto --steps 300 --seeds 0 1 2
+
 --toyworld: the negative in pictures instead, on a trained model (--model, default the shipped toy world):
 samples/toyworld_negative_prompt.txt distilled with --role negative per seed; each held-out toy positive
 (world.NEGATIVE_EVAL_POSITIVES) drawn with the soft negative, the hard one, its first N words and none
@@ -32,17 +39,20 @@ import torch
 from sd_softprompt.families import detect_family
 from sd_softprompt.models import tiny
 from sd_softprompt.train import TrainConfig, train
+from sd_softprompt.train.config import vector_count
 from sd_softprompt.train.measure import EVAL_POSITIVES
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
-def run(family: str, role: str, seed: int, steps: int, vectors: int, folder: Path) -> dict:
-    pipe = tiny.BUILDERS[family](seed=seed)
-    target = SAMPLES / ("negative_prompt.txt" if role == "negative" else "long_prompt.txt")
+def run(
+    family: str, role: str, seed: int, steps: int, vectors, folder: Path, builders=tiny.BUILDERS, target=None, **kw
+) -> dict:
+    pipe = builders[family](seed=seed)
+    target = target or SAMPLES / ("negative_prompt.txt" if role == "negative" else "long_prompt.txt")
     cfg = TrainConfig(
         model=f"tiny-{family}",
-        out=str(folder / f"{family}-{role}-{seed}.safetensors"),
+        out=str(folder / f"{family}-{role}-{seed}-{Path(target).stem}.safetensors"),
         target_file=str(target),
         role=role,
         vectors=vectors,
@@ -52,6 +62,7 @@ def run(family: str, role: str, seed: int, steps: int, vectors: int, folder: Pat
         probe_size=64,
         eval_samples=8,
         checkpoint_every=0,
+        **kw,
     )
     return train(cfg, pipe=pipe).metrics
 
@@ -105,12 +116,57 @@ def print_toyworld(runs: dict, args) -> None:
     print(f"\nGuided measure on the same positives, D_guided(soft) / D_guided(no negative): {mean(ratios)}")
 
 
+def not_ours(args, folder: Path) -> dict:
+    """Long targets on tiny.NOT_OURS: D(soft) / D(baseline) per family and target, mean and range over seeds."""
+    runs = {}
+    print(
+        f"{args.steps} steps, --vectors {args.vectors}, --schedule {args.schedule}, seeds {args.seeds}; "
+        "D(soft) / D(baseline), mean (min-max):\n"
+    )
+    print("| pipeline | target | tokens | N | where | / truncated | / first N words | / empty |")
+    print("|---|---|---|---|---|---|---|---|")
+    for family in tiny.NOT_OURS:
+        for target in args.targets:
+            ms = [
+                run(
+                    family,
+                    "positive",
+                    s,
+                    args.steps,
+                    args.vectors,
+                    folder,
+                    tiny.NOT_OURS,
+                    target,
+                    schedule=args.schedule,
+                )
+                for s in args.seeds
+            ]
+            runs[f"{family}/{Path(target).name}"] = ms
+            n = ms[0]["config"]["vectors"]
+            for where in ("alone", "composed"):
+                cells = []
+                for b in ("truncated", "first_n_words", "empty"):
+                    r = [m["distance"][where][f"ratio_to_{b}"] for m in ms]
+                    cells.append(f"{statistics.fmean(r):.3f} ({min(r):.3f}-{max(r):.3f})")
+                tokens = ms[0]["distance"]["target_tokens"]
+                print(
+                    f"| {family} (diffusers' tests) | {Path(target).name} | {tokens} | {n} | {where} | "
+                    + " | ".join(cells)
+                    + " |",
+                    flush=True,
+                )
+    return runs
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", nargs="+", default=["sd1", "sd2", "sdxl", "flux"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--vectors", type=int, default=8)
+    p.add_argument("--vectors", type=vector_count, default=8, help="a number, or auto (the trainer's rule)")
+    p.add_argument("--not-ours", action="store_true", help="long prompts on diffusers' fast-test SD and SDXL")
+    p.add_argument("--targets", nargs="+", default=[SAMPLES / "long_prompt.txt", SAMPLES / "long_prompt_repeating.txt"])
+    p.add_argument("--schedule", default="constant", help="the trainer's --schedule (constant or cosine)")
     p.add_argument("--json", help="also write every run's figures here")
     p.add_argument("--toyworld", action="store_true", help="the negative in pictures on a trained toy-world model")
     p.add_argument("--model", default="toyworld", help="with --toyworld: the model (a folder train_toyworld.py wrote)")
@@ -120,6 +176,12 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             runs = toyworld(args.model, args.seeds, args.steps, args.vectors, Path(tmp))
         print_toyworld(runs, args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(runs, indent=1))
+        return 0
+    if args.not_ours:
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = not_ours(args, Path(tmp))
         if args.json:
             Path(args.json).write_text(json.dumps(runs, indent=1))
         return 0
