@@ -105,7 +105,10 @@ def _setup(cfg: TrainConfig, pipe) -> Run:
         raise ConfigError(f"--encoders {unknown}: a {family.name} model has {', '.join(family.keys)}")
     # Initial vectors go in like any soft prompt; the trained encoders then read their rows from params.
     if cfg.init == "hard" and not cfg.target:
-        log("--init hard without --target: starting from random vectors at the vocabulary's norm")
+        log(
+            "--init hard without --target: starting from random vectors at the vocabulary's norm "
+            "(--init words --init-words WORD starts from a word for what the pictures show)"
+        )
     init = initial_vectors(pipe, family, cfg, torch.Generator().manual_seed(cfg.seed))
     soft = SoftPrompt(vectors=init, tokens=cfg.tokens)
     tokens = load_soft_prompt(pipe, soft, family=family, allow_shadowing=cfg.allow_shadowing)
