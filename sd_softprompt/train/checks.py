@@ -72,8 +72,8 @@ def check_config(cfg: TrainConfig) -> None:
             )
         check_token_names(tokens, "--tokens")  # whitespace; words of the vocabulary need the model
     get_loss(cfg.loss)  # ConfigError naming the losses for any other name
-    if cfg.init not in ("hard", "random", "words") or (cfg.init == "words" and not cfg.init_words):
-        raise ConfigError('--init must be hard, random or words (words needs --init-words "...")')
+    if cfg.init not in ("hard", "random", "words", "mean") or (cfg.init == "words" and not cfg.init_words):
+        raise ConfigError('--init must be hard, random, words or mean (words needs --init-words "...")')
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, not {cfg.mixed_precision!r}")
     if cfg.schedule not in ("constant", "cosine"):

@@ -71,7 +71,9 @@ class TrainConfig:
         "no", "the frozen models' precision (the vectors stay fp32)", choices=("no", "fp16", "bf16")
     )
     init: str = option(
-        "hard", "initial vectors: hard (the --target's token embeddings; random without one), random or words"
+        "hard",
+        "initial vectors: hard (the --target's token embeddings; random without one), random, words, or mean "
+        "(every vector the mean of the vocabulary's embeddings)",
     )
     init_words: str | None = option(None, "with --init words: the words to start from")
     context: list[str] = option(

@@ -108,13 +108,16 @@ def auto_vectors(pipe, family: Family, target: str) -> int:
 
 
 def initial_vectors(pipe, family: Family, cfg: TrainConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Per encoder: the embeddings of the hard prompt's (or --init-words') tokens, or random at vocab norm."""
+    """Per encoder: the embeddings of the hard prompt's (or --init-words') tokens, the vocabulary's mean
+    embedding (--init mean), or random at vocab norm."""
     words = cfg.init_words if cfg.init == "words" else cfg.target if cfg.init == "hard" else None
     out = {}
     for enc in family.encoders:
         table = getattr(pipe, enc.text_encoder).get_input_embeddings().weight.detach()
         ids = tokenizer_of(pipe, enc.tokenizer)(words, add_special_tokens=False).input_ids if words else []
-        if ids:
+        if cfg.init == "mean":
+            out[enc.key] = table.float().mean(dim=0).cpu().expand(cfg.vectors, -1).clone()
+        elif ids:
             out[enc.key] = _resample(table[ids].float().cpu(), cfg.vectors)
         else:
             v = torch.randn(cfg.vectors, table.shape[1], generator=generator)

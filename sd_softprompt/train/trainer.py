@@ -109,7 +109,10 @@ def _setup(cfg: TrainConfig, pipe) -> tuple[Run, TrainConfig]:
         log(f"--vectors auto: {cfg.vectors} vectors for the {prompt_tokens(pipe, family, cfg.target)[0]}-token target")
     # Initial vectors go in like any soft prompt; the trained encoders then read their rows from params.
     if cfg.init == "hard" and not cfg.target:
-        log("--init hard without --target: starting from random vectors at the vocabulary's norm")
+        log(
+            "--init hard without --target: starting from random vectors at the vocabulary's norm "
+            "(--init words --init-words WORD starts from a word for what the pictures show)"
+        )
     init = initial_vectors(pipe, family, cfg, torch.Generator().manual_seed(cfg.seed))
     soft = SoftPrompt(vectors=init, tokens=cfg.tokens)
     tokens = load_soft_prompt(pipe, soft, family=family, allow_shadowing=cfg.allow_shadowing)

@@ -1,4 +1,4 @@
-"""What --init words / hard / random, --style, --norm-weight and --snr-gamma do, each checked on its own."""
+"""What --init words / hard / random / mean, --style, --norm-weight and --snr-gamma do, each checked on its own."""
 
 import pytest
 import torch
@@ -30,6 +30,14 @@ def test_init_words_are_those_words_embeddings(sd1, tmp_path):
     cfg = _config(tmp_path, init="words", init_words="red house", vectors=1)
     got = initial_vectors(sd1, FAMILIES["sd1"], cfg, torch.Generator().manual_seed(0))["clip_l"]
     assert torch.allclose(got[0], table[ids].float().mean(dim=0))  # fewer vectors: averaged down, in order
+
+
+def test_init_mean_is_the_vocabularys_mean_embedding(sd1, tmp_path):
+    table = sd1.text_encoder.get_input_embeddings().weight.detach().float()
+    cfg = _config(tmp_path, init="mean", vectors=3, target="a lake")  # the target's words do not matter
+    got = initial_vectors(sd1, FAMILIES["sd1"], cfg, torch.Generator().manual_seed(0))["clip_l"]
+    assert got.shape == (3, table.shape[1]) and torch.allclose(got, table.mean(dim=0).expand(3, -1))
+    check_config(_config(tmp_path, init="mean", target="a lake"))  # a choice of its own: no --init-words
 
 
 def test_init_hard_without_target_and_random_start_at_the_vocabulary_norm(sdxl, tmp_path):
