@@ -98,7 +98,8 @@ def vocab_norm(pipe, enc: Encoder) -> float:
 
 # --vectors auto: one vector per AUTO_TOKENS tokens of the target, AUTO_MIN to AUTO_MAX. On random tiny SD1 and
 # SDXL of configs we did not choose (tiny.NOT_OURS), 150-200 token targets need 16 vectors to come within half
-# of the truncated prompt's distance (docs/long-and-negative-prompts.md); 32 trained no better in 300 steps.
+# of the truncated prompt's distance (docs/long-and-negative-prompts.md); 32 trained no better in 300 steps
+# (they do on a target whose chunks repeat one another, given some 2400 steps: --vectors 32 says so).
 AUTO_TOKENS, AUTO_MIN, AUTO_MAX = 10, 2, 16
 
 
