@@ -149,3 +149,45 @@ def flux2_klein():
 @pytest.fixture
 def flux2():
     return tiny.build_flux2()
+
+
+@pytest.fixture
+def images_mode_fixed_batch(tmp_path):
+    """Train images mode on two random 64 px pictures: returns the run's fixed-batch loss (before, after),
+    having checked that every text encoder of the pipeline is left bit for bit as it was."""
+
+    def run(pipe, family: str, steps: int = 20) -> dict:
+        from PIL import Image
+
+        from sd_softprompt.train import TrainConfig, train
+
+        folder = tmp_path / "pics"
+        folder.mkdir()
+        g = torch.Generator().manual_seed(0)
+        for i in range(2):
+            Image.fromarray((torch.rand(64, 64, 3, generator=g) * 255).to(torch.uint8).numpy()).save(
+                folder / f"{i}.png"
+            )
+        cfg = TrainConfig(
+            model=f"tiny-{family}",
+            out=str(tmp_path / "ti.safetensors"),
+            mode="images",
+            images=str(folder),
+            vectors=2,
+            steps=steps,
+            lr=5e-2,
+            warmup=0,
+            resolution=64,
+            batch_size=4,
+            init="random",
+            progress=False,
+            checkpoint_every=0,
+        )
+        encoders = {n: m for n, m in pipe.components.items() if n.startswith("text_encoder") and m is not None}
+        before = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in encoders.items()}
+        fixed = train(cfg, pipe=pipe).metrics["fixed_batch_loss"]
+        for n, m in encoders.items():
+            assert all(torch.equal(v, m.state_dict()[k]) for k, v in before[n].items()), n
+        return fixed
+
+    return run

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 from ..errors import ConfigError
 from .base import Cond, Encoder, Family, tokenizer_of
-from .flux2_klein import flux2_latent_shape, flux2_size, flux2_vae_latents, predict_flux2
+from .flux2_klein import FLUX2_DENOISER
 from .llm import span
 
 FLUX2_MAX_SEQUENCE_LENGTH = 512  # the pipeline's default window
@@ -113,22 +113,15 @@ FLUX2 = Family(
     "flux2",
     "Flux.2 [dev]",
     (MISTRAL3_24B,),
-    encode_flux2,
-    predict_flux2,  # its guidance embedding gets 4.0, the pipeline's default
-    latent_shape=flux2_latent_shape,
-    objective="flow",
-    denoiser="transformer",
-    latent_patch=2,
-    native_size=flux2_size,
-    guidance=FLUX2_GUIDANCE,
+    encode=encode_flux2,
+    guidance=FLUX2_GUIDANCE,  # its guidance embedding gets 4.0, the pipeline's default
     call_kwargs=_flux2_call,
     pipelines=("Flux2Pipeline",),
     state_tokenizers=("tokenizer",),
     encode_long=encode_flux2_long,
     no_negative=no_negative_flux2,
-    prefers_bf16=True,
     formats=("native", "comfyui"),  # ComfyUI: mistral3_24b
     prompt_span=_prompt_span,
     prompt_window=_prompt_window,
-    vae_latents=flux2_vae_latents,
+    **FLUX2_DENOISER,
 )

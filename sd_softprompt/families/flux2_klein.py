@@ -127,25 +127,29 @@ def _is_8b(pipe) -> bool:
     return pipe.text_encoder.get_input_embeddings().weight.shape[1] == QWEN3_8B.width
 
 
-_KLEIN = dict(
-    encode=encode_klein,
+# What the Flux.2 transformer and its VAE decide, the same for Klein and Flux.2 [dev] (flux2.py).
+FLUX2_DENOISER = dict(
     predict=predict_flux2,
     latent_shape=flux2_latent_shape,
     objective="flow",
     denoiser="transformer",
     latent_patch=2,
     native_size=flux2_size,
+    prefers_bf16=True,
+    vae_latents=flux2_vae_latents,
+)
+_KLEIN = dict(
+    FLUX2_DENOISER,
+    encode=encode_klein,
     guidance=KLEIN_GUIDANCE,
     call_kwargs=_klein_call,
     pipelines=("Flux2KleinPipeline",),
     state_tokenizers=("tokenizer",),
     encode_long=encode_klein_long,
     no_negative=no_negative_klein,
-    prefers_bf16=True,
     formats=("native", "comfyui"),  # ComfyUI: qwen3_4b / qwen3_8b
     prompt_span=prompt_span(klein_state_ids),
     prompt_window=_prompt_window,
-    vae_latents=flux2_vae_latents,
 )
 FLUX2_KLEIN = Family("flux2_klein", "Flux.2 Klein 4B", (QWEN3_4B,), matches=lambda pipe: not _is_8b(pipe), **_KLEIN)
 FLUX2_KLEIN_9B = Family("flux2_klein_9b", "Flux.2 Klein 9B", (QWEN3_8B,), matches=_is_8b, **_KLEIN)

@@ -138,30 +138,10 @@ def test_flux_resolution_must_fit_packed_latents(flux, tmp_path):
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_sd3_image_mode_lowers_its_fixed_batch_loss(sd3, tmp_path):
+def test_sd3_image_mode_lowers_its_fixed_batch_loss(sd3, images_mode_fixed_batch):
     """Textual inversion on SD3: flow matching through SD3Transformer2DModel on latents its VAE shifted and
     scaled; the same batch (images, noise, sigmas) scores lower after training than before."""
-    folder = tmp_path / "pics"
-    folder.mkdir()
-    g = torch.Generator().manual_seed(0)
-    for name in ("a", "b"):
-        Image.fromarray((torch.rand(64, 64, 3, generator=g) * 255).to(torch.uint8).numpy()).save(folder / f"{name}.png")
-    cfg = TrainConfig(
-        model="tiny-sd3",
-        out=str(tmp_path / "ti.safetensors"),
-        mode="images",
-        images=str(folder),
-        vectors=2,
-        steps=30,
-        lr=5e-2,
-        warmup=0,
-        resolution=64,
-        batch_size=4,
-        init="random",
-        progress=False,
-        checkpoint_every=0,
-    )
-    fixed = train(cfg, pipe=sd3).metrics["fixed_batch_loss"]
+    fixed = images_mode_fixed_batch(sd3, "sd3", steps=30)
     assert fixed["after"] < fixed["before"], fixed
 
 

@@ -13,7 +13,6 @@ from sd_softprompt.files.softprompt import SoftPrompt
 from sd_softprompt.inject.inspection import inspect_file
 from sd_softprompt.inject.loader import load_soft_prompt, unload_soft_prompt
 from sd_softprompt.models import tiny
-from sd_softprompt.train import TrainConfig, train
 
 T5_FAMILIES = ["chroma", "pixart_sigma"]
 ALL = [*T5_FAMILIES, "hidream"]
@@ -244,15 +243,6 @@ def test_hidream_pooled_vector_is_read_at_end_of_text_not_at_a_soft_token(hidrea
     assert hidream.text_encoder.text_model.eos_token_id == 2  # put back
 
 
-def _pictures(folder, n: int = 2):
-    folder.mkdir()
-    g = torch.Generator().manual_seed(0)
-    for i in range(n):
-        pixels = (torch.rand(64, 64, 3, generator=g) * 255).to(torch.uint8).numpy()
-        Image.fromarray(pixels).save(folder / f"{i}.png")
-    return folder
-
-
 @pytest.mark.parametrize("family", ["pixart_sigma", "sdxl"])
 def test_image_mode_noises_as_ddpm_training_did_whatever_the_sampler(family, request):
     """PixArt ships DPM-Solver, SDXL Euler: their add_noise is not the forward process the denoiser learned
@@ -274,24 +264,8 @@ def test_image_mode_noises_as_ddpm_training_did_whatever_the_sampler(family, req
 
 
 @pytest.mark.parametrize("family", ALL)
-def test_image_mode_lowers_its_fixed_batch_loss(family, request, tmp_path):
-    pipe = request.getfixturevalue(family)
-    cfg = TrainConfig(
-        model=f"tiny-{family}",
-        out=str(tmp_path / "ti.safetensors"),
-        mode="images",
-        images=str(_pictures(tmp_path / "pics")),
-        vectors=2,
-        steps=30,
-        lr=5e-2,
-        warmup=0,
-        resolution=64,
-        batch_size=4,
-        init="random",
-        progress=False,
-        checkpoint_every=0,
-    )
-    fixed = train(cfg, pipe=pipe).metrics["fixed_batch_loss"]
+def test_image_mode_lowers_its_fixed_batch_loss(family, request, images_mode_fixed_batch):
+    fixed = images_mode_fixed_batch(request.getfixturevalue(family), family, steps=30)
     assert fixed["after"] < fixed["before"], fixed
 
 
