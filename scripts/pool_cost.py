@@ -24,8 +24,9 @@ downloaded), so fidelity F cannot be judged in pictures: D on held-out latents s
 are smaller than the models' own (--latent, default 16x16: 128 px) so that the run fits a CPU.
 
     python scripts/pool_cost.py --tiny --out /tmp/pool-tiny                  # tiny pipelines, seconds
-    python scripts/pool_cost.py --archs sd1 sdxl --pools 1 2 4 8 16 32 --sdxl-pools 1 4 \\
-        --steps 16 --batch-size 2 --latent 16 --threads 1 --out pool-cost    # real sizes, CPU
+    python scripts/pool_cost.py --archs sd1 sdxl --pools 1 2 4 8 16 32 --sdxl-pools 1 4 --noise-seeds 1 \\
+        --sdxl-noise-seeds --steps 12 --batch-size 2 --latent 16 --eval-samples 4 --threads 1 \\
+        --out pool-cost                  # real sizes on 1 CPU thread: 46 min (docs/performance.md)
     python scripts/pool_cost.py --device cuda --dtype bf16 --latent 64 --sdxl-latent 128 --steps 100 \\
         --batch-size 4 --eval-samples 16 --out pool-cost-gpu                 # the models' own sizes, a GPU
 """
