@@ -20,6 +20,12 @@ device's dense bf16 peak (benchmark_train.PEAKS); the script's row is given the 
 package's (its extra VAE encode each step is not counted as useful work). Rows that would start past --budget-s (default 450 s:
 7.5 minutes) are skipped and listed as skipped. Writes OUT/gpu_report.json and OUT/gpu_report.md.
 
+--pool-sweep adds one more row group after those, under the same budget: scripts/pool_cost.py (the text-mode
+denoiser loss's target pool, --probe-pool 1 to 32 per context and --loss denoiser-fresh, against held-out D)
+for SD 1.5 at 64x64 latents and SDXL at 128x128 (the models' own 512 / 1024 px), each a child process;
+its table is appended to gpu_report.md and its figures kept under "pool_sweep" in gpu_report.json
+(--pool-sweep-only: those rows alone). Give it room in --budget-s: after the other rows, the default leaves none.
+
 --tiny swaps the architectures for the test suite's tiny pipelines at 64 px (and the script's row for the
 tiny SD1), to try the whole run out on a CPU. Not part of the test suite.
 """
@@ -250,6 +256,38 @@ def script_pair(args, sd1: str, resolution: int, tmp: Path, timeout: float) -> d
     return out
 
 
+def pool_sweep(args, tmp: Path, left: float) -> list[dict]:
+    """scripts/pool_cost.py per architecture, each a child process within the time left: its report, or an error."""
+    from diffusers_script import child_env
+
+    out = []
+    start = time.perf_counter()
+    for arch, latent in (("sd1", 64), ("sdxl", 128)):
+        remaining = left - (time.perf_counter() - start)
+        if remaining <= 0:
+            out.append({"arch": arch, "error": "skipped: past the budget"})
+            continue
+        folder = tmp / f"pool-{arch}"
+        cmd = [sys.executable, str(HERE / "pool_cost.py"), "--archs", arch, "--out", str(folder)]
+        cmd += ["--device", args.device, "--dtype", args.dtype, "--steps", str(2 if args.tiny else args.pool_steps)]
+        cmd += ["--batch-size", str(args.batch_size), "--eval-samples", str(args.pool_eval_samples)]
+        cmd += ["--tiny"] if args.tiny else ["--latent", str(latent)]
+        cmd += ["--threads", str(args.threads)] if args.threads else []
+        try:
+            proc = subprocess.run(cmd, env=child_env(args.threads), capture_output=True, text=True, timeout=remaining)
+        except subprocess.TimeoutExpired:
+            out.append({"arch": arch, "error": f"stopped at the budget ({remaining:.0f} s left)"})
+            continue
+        if proc.returncode:
+            err = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"
+            out.append({"arch": arch, "error": err})
+            continue
+        out.append(json.loads((folder / "pool_cost.json").read_text()) | {"arch": arch})
+        out[-1]["markdown"] = (folder / "pool_cost.md").read_text()
+        print(out[-1]["markdown"], flush=True)
+    return out
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"GPU report: {report['device_name']}, {report['dtype']}, "
@@ -259,6 +297,8 @@ def markdown(report: dict) -> str:
         "| row | trainer | batch | samples/s | s/step | peak memory (MiB) | TFLOP/step | MFU |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    if not report["rows"]:  # --pool-sweep-only
+        lines = lines[:1]
 
     def f(x, fmt):
         return format(x, fmt) if isinstance(x, (int, float)) else "–"
@@ -278,6 +318,9 @@ def markdown(report: dict) -> str:
         lines.append(f"Skipped past the budget: {', '.join(report['skipped'])}.")
     if report.get("patches"):
         lines += ["", "diffusers' script, patched at run time:"] + [f"- {p}" for p in report["patches"]]
+    for sweep in report.get("pool_sweep", []):  # --pool-sweep: scripts/pool_cost.py's tables
+        lines += ["", f"## The target pool, {sweep['arch']}", ""]
+        lines += [sweep["markdown"].rstrip()] if "markdown" in sweep else [sweep["error"]]
     return "\n".join(lines) + "\n"
 
 
@@ -297,6 +340,10 @@ def main(argv=None) -> None:
     p.add_argument("--budget-s", type=float, default=450.0, help="no row starts past this many seconds")
     p.add_argument("--diffusers-repo", help="a diffusers checkout (or bare repo, or the script) for its row")
     p.add_argument("--out", default="gpu-report", help="folder for gpu_report.json and gpu_report.md")
+    p.add_argument("--pool-sweep", action="store_true", help="also scripts/pool_cost.py for SD 1.5 and SDXL, last")
+    p.add_argument("--pool-sweep-only", action="store_true", help="the --pool-sweep rows alone")
+    p.add_argument("--pool-steps", type=int, default=100, help="--pool-sweep: steps per training run")
+    p.add_argument("--pool-eval-samples", type=int, default=16, help="--pool-sweep: held-out noisy latents")
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
@@ -304,7 +351,7 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     done, skipped, flops = [], [], {}
     patches: list[str] = []
-    plan = rows(args.tiny)
+    plan = [] if args.pool_sweep_only else rows(args.tiny)
     device_name = args.device
     i = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -362,6 +409,10 @@ def main(argv=None) -> None:
             device_name = res.get("device_name", device_name)
             done.append(entry)
             print(json.dumps(entry), flush=True)
+        sweeps = []
+        if args.pool_sweep or args.pool_sweep_only:
+            sweeps = pool_sweep(args, Path(tmp), args.budget_s - (time.perf_counter() - start))
+            skipped += [f"pool sweep {s['arch']}" for s in sweeps if "past the budget" in s.get("error", "")]
     report = {
         "device_name": device_name,
         "tiny": args.tiny,
@@ -377,6 +428,8 @@ def main(argv=None) -> None:
         "rows": done,
         "load_average": os.getloadavg(),
     }
+    if args.pool_sweep or args.pool_sweep_only:
+        report["pool_sweep"] = sweeps
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_report.json").write_text(json.dumps(report, indent=1) + "\n")
