@@ -5,8 +5,14 @@ attributes it learned apart), and, for comparison, of scenes it was trained on.
     python scripts/judge_toyworld.py                      # both, with the shipped model
     python scripts/judge_toyworld.py --renders-only       # the first figure only (no model needed)
 
-Decisions per picture: the time of day (one of four) and each of the six flags (shown or not); a
-figure is the share of decisions the judge gets right, per attribute and over all.
+Decisions per picture: the time of day (one of four) and each of the six flags (shown or not), and, where the
+scenes have styles, the medium and the light (one of three each); a figure is the share of decisions the judge
+gets right, per attribute and over all ("all decisions" and "whole scene" count the first seven only, as
+before styles existed; "styles" both style decisions).
+
+Generations, three sets: held-out scenes from the short captions in the plain look (the first model's figure),
+trained scenes the same way, and held-out scenes in random styles from prompts written as people write them
+(world.written_prompt: synonyms, filler, up to the window).
 """
 
 from __future__ import annotations
@@ -24,45 +30,70 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sd_softprompt.models.toyworld import fidelity as fid  # noqa: E402
 from sd_softprompt.models.toyworld.judge import augment, judge  # noqa: E402
-from sd_softprompt.models.toyworld.world import FLAGS, HELD_OUT, UNNAMED, Scene, caption, random_scene, render
+from sd_softprompt.models.toyworld.world import (  # noqa: E402
+    FLAGS,
+    HELD_OUT,
+    UNNAMED,
+    Scene,
+    caption,
+    random_scene,
+    render,
+    written_prompt,
+)
+
+STYLE_DECISIONS = ("medium", "light")
 
 
-def decisions(truth: Scene, seen: Scene) -> dict[str, bool]:
+def decisions(truth: Scene, seen: Scene, styles: bool = False) -> dict[str, bool]:
     out = {"time": truth.time == seen.time}
     out.update({flag: (flag in truth.flags) == (flag in seen.flags) for flag in FLAGS})
+    if styles:
+        out.update({"medium": truth.medium == seen.medium, "light": truth.light == seen.light})
     return out
 
 
 def summarise(rows: list[dict[str, bool]]) -> dict[str, float]:
     keys = rows[0].keys()
     per = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys}
-    per["all decisions"] = round(float(np.mean([v for r in rows for v in r.values()])), 4)
-    per["whole scene"] = round(float(np.mean([all(r.values()) for r in rows])), 4)
+    first = [[v for k, v in r.items() if k not in STYLE_DECISIONS] for r in rows]
+    per["all decisions"] = round(float(np.mean([v for r in first for v in r])), 4)
+    per["whole scene"] = round(float(np.mean([all(r) for r in first])), 4)
+    if STYLE_DECISIONS[0] in keys:
+        per["styles"] = round(float(np.mean([r[k] for r in rows for k in STYLE_DECISIONS])), 4)
+        per["whole scene with styles"] = round(float(np.mean([all(r.values()) for r in rows])), 4)
     return per
 
 
-def on_renders(n: int, seed: int) -> dict[str, float]:
+def on_renders(n: int, seed: int, styled: float = 0.0) -> dict[str, float]:
     """Held-out renders (seeds no training picture uses), half of them blurred, shifted and noised."""
     rng, noise = random.Random(seed), np.random.default_rng(seed)
     rows = []
     for i in range(n):
-        scene = random_scene(rng)
+        scene = random_scene(rng, styled=styled)
         picture = render(scene, 10**9 + i)
         if i % 2:
             picture = augment(picture, noise)
-        rows.append(decisions(scene, judge(picture)))
+        rows.append(decisions(scene, judge(picture), styles=styled > 0))
     return summarise(rows)
 
 
-def on_generations(pipe, scenes, captions_per_scene: int, seeds: list[int], steps: int, guidance: float):
-    """The pipeline's pictures for captions of ``scenes``: the judge's reading against the caption."""
+def on_generations(
+    pipe, scenes, captions_per_scene: int, seeds: list[int], steps: int, guidance: float, styled: float = 0.0
+):
+    """The pipeline's pictures for captions of ``scenes``: the judge's reading against the caption. With
+    ``styled``, each caption's scene takes a random style and the caption is a written prompt."""
     rng = random.Random(0)
     rows = []
     for scene in scenes:
         for _ in range(captions_per_scene):
-            text = caption(scene, rng)
+            if styled:
+                styled_scene = random_scene(rng, styled=styled)
+                truth = Scene(scene.time, scene.flags, styled_scene.medium, styled_scene.light)
+                text = written_prompt(truth, rng)
+            else:
+                truth, text = scene, caption(scene, rng)
             for picture in fid.draw(pipe, text, seeds, steps, guidance):
-                rows.append(decisions(scene, judge(picture)))
+                rows.append(decisions(truth, judge(picture), styles=bool(styled)))
     return summarise(rows), len(rows)
 
 
@@ -87,17 +118,27 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=fid.STEPS)
     p.add_argument("--guidance", type=float, default=fid.GUIDANCE)
     p.add_argument("--renders-only", action="store_true")
+    p.add_argument("--styled", type=float, default=0.3, help="chance of a style per scene in the styled sets")
+    p.add_argument("--no-styles", action="store_true", help="the first model's sets only (plain renders, captions)")
     args = p.parse_args()
     torch.set_num_threads(1)
     result = {"renders": {"pictures": args.renders, "accuracy": on_renders(args.renders, seed=1)}}
+    if not args.no_styles:
+        styled = on_renders(args.renders, seed=2, styled=args.styled)
+        result["styled_renders"] = {"pictures": args.renders, "styled": args.styled, "accuracy": styled}
     if not args.renders_only:
         from sd_softprompt.models.pipeline import load_pipeline
 
         pipe = load_pipeline(args.model, device="cpu", progress=False)
         settings = {"steps": args.steps, "guidance": args.guidance, "seeds": args.seeds}
         # held-out scenes: compositions the model never saw; trained scenes: new pictures of seen ones
-        for name, scenes in (("held_out_scenes", HELD_OUT), ("trained_scenes", trained_scenes(len(HELD_OUT)))):
-            agreement, count = on_generations(pipe, scenes, args.captions, args.seeds, args.steps, args.guidance)
+        sets = [("held_out_scenes", HELD_OUT, 0.0), ("trained_scenes", trained_scenes(len(HELD_OUT)), 0.0)]
+        if not args.no_styles:
+            sets.append(("held_out_scenes_styled_written", HELD_OUT, args.styled))
+        for name, scenes, styled in sets:
+            agreement, count = on_generations(
+                pipe, scenes, args.captions, args.seeds, args.steps, args.guidance, styled
+            )
             result[name] = {"scenes": len(scenes), "pictures": count, **settings, "agreement": agreement}
     print(json.dumps(result, indent=2))
 

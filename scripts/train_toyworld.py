@@ -2,12 +2,18 @@
 
     python scripts/train_toyworld.py                       # -> sd_softprompt/models/toyworld/model (safetensors)
     python scripts/train_toyworld.py --vae-steps 20 --steps 20 --out /tmp/tw-smoke   # end-to-end smoke run
+    # the shipped model: the first model (the defaults), then trained on on styles and written prompts
+    python scripts/train_toyworld.py --init-from FIRST --work .toyworld-work-2 --styled 0.3 --written 0.65 \
+        --vae-steps 150 --steps 2400 --lr 4e-4 --restarts '' --seed 1
 
 Stages, each resumable from its last checkpoint in --work (rerun the same command after a stop):
 1. AutoencoderKL on 32 px crops of renders (all convolutions, so it then runs on 64 px: 32x32x4 latents);
 2. the dataset's latents, encoded once (posterior means), and the VAE scaling factor (1 / their std);
 3. CLIPTextModel + UNet2DConditionModel jointly, DDPM epsilon loss, 10% empty captions (for guidance),
    an exponential moving average of the weights, which is what ships.
+With --init-from, every stage starts from a folder this script wrote: the VAE trains on (its scaling factor is
+kept, so the UNet's latents keep their scale), the text encoder's embeddings are carried over word by word
+(the vocabulary only grew), and the captions become a mix of the short phrasings and written prompts.
 Same seed, same figures: data order and noise come from generators seeded by (seed, stage, step).
 """
 
@@ -30,7 +36,15 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sd_softprompt.models.toyworld import model as toy  # noqa: E402
-from sd_softprompt.models.toyworld.world import HELD_OUT, UNNAMED, caption, random_scene, render_array  # noqa: E402
+from sd_softprompt.models.toyworld.world import (  # noqa: E402
+    HELD_OUT,
+    UNNAMED,
+    caption,
+    random_scene,
+    render_array,
+    short_caption,
+    written_prompt,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,6 +67,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         "a run from scratch takes the same learning rates step by step",
     )
     p.add_argument("--empty", type=float, default=0.1, help="share of empty captions")
+    p.add_argument(
+        "--styled", type=float, default=0.0, help="chance that a picture's medium, and apart its light, is not plain"
+    )
+    p.add_argument(
+        "--written",
+        type=float,
+        default=0.0,
+        help="share of captions written as people write prompts (world.written_prompt); a styled scene always is",
+    )
+    p.add_argument("--init-from", help="a folder this script wrote: train on from its weights")
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--every", type=int, default=100, help="checkpoint every N steps")
     p.add_argument("--export", action="store_true", help="write the folder from the last checkpoint, train no more")
@@ -61,11 +85,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------- data
-def dataset(n: int, seed: int):
-    """n (scene, picture) pairs; the held-out scenes and the unnamed combination never appear."""
+def dataset(n: int, seed: int, styled: float = 0.0):
+    """n (scene, picture) pairs; the held-out scenes and the unnamed combination never appear, in any style."""
     rng = random.Random(seed)
     exclude = frozenset(HELD_OUT) | {UNNAMED}
-    scenes = [random_scene(rng, exclude) for _ in range(n)]
+    scenes = [random_scene(rng, exclude, styled) for _ in range(n)]
     pixels = np.stack([render_array(s, seed * 1_000_003 + i) for i, s in enumerate(scenes)])
     return scenes, torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
@@ -81,9 +105,48 @@ def load_checkpoint(path: Path) -> dict | None:
 
 
 # ---------------------------------------------------------------- stage 1: the VAE
-def train_vae(args, pixels: torch.Tensor, work: Path):
-    vae = toy.vae()
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+def text_of(args, scene, rng: random.Random) -> str:
+    """A training caption: empty, a short phrasing or a written prompt. With --styled, the short phrasings
+    name the style too (short_caption: "painting of" then means the painting medium, not the plain look)."""
+    if rng.random() < args.empty:
+        return ""
+    # (no draw for --written 0: a run with the first model's arguments takes the same numbers as it did)
+    if args.written > 0 and rng.random() < args.written:
+        return written_prompt(scene, rng)
+    return short_caption(scene, rng) if args.styled else caption(scene, rng)
+
+
+def initial(args, tokenizer):
+    """The starting weights: new ones, or --init-from's with the text encoder's rows carried over by token."""
+    if not args.init_from:
+        return toy.vae(), toy.text_encoder(len(tokenizer)), toy.unet(), None
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = Path(args.init_from)
+    vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
+    old_text = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
+    old_vocab = CLIPTokenizer.from_pretrained(folder / "tokenizer").get_vocab()
+    text_encoder = toy.text_encoder(len(tokenizer))
+    state = old_text.state_dict()
+    old_rows = state.pop(next(k for k in state if k.endswith("token_embedding.weight")))
+    missing, unexpected = text_encoder.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.endswith("token_embedding.weight") for k in missing), (missing, unexpected)
+    rows = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        # new words start at the old rows' mean, apart by a little noise; known words keep their rows
+        g = torch.Generator().manual_seed(args.seed)
+        rows.copy_(old_rows.mean(0) + 0.1 * old_rows.std() * torch.randn(rows.shape, generator=g))
+        for token, i in tokenizer.get_vocab().items():
+            if token in old_vocab:
+                rows[i] = old_rows[old_vocab[token]]
+    return vae, text_encoder, unet, float(vae.config.scaling_factor)
+
+
+def train_vae(args, pixels: torch.Tensor, work: Path, vae):
+    # from --init-from, gently: the UNet it goes with reads its latents
+    opt = torch.optim.AdamW(vae.parameters(), lr=3e-4 if args.init_from else 1e-3, weight_decay=0.0)
     path, start = work / "vae.pt", 0
     if (ckpt := load_checkpoint(path)) is not None:
         vae.load_state_dict(ckpt["model"])
@@ -113,12 +176,12 @@ def train_vae(args, pixels: torch.Tensor, work: Path):
 
 
 @torch.no_grad()
-def encode_latents(vae, pixels: torch.Tensor, work: Path) -> tuple[torch.Tensor, float]:
+def encode_latents(vae, pixels: torch.Tensor, work: Path, scaling: float | None) -> tuple[torch.Tensor, float]:
     path = work / "latents.pt"
     if (cached := load_checkpoint(path)) is not None:
         return cached["latents"], float(cached["scaling"])
     means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in tqdm(pixels.split(256), desc="latents")])
-    scaling = float(1.0 / means.std())
+    scaling = float(1.0 / means.std()) if scaling is None else scaling
     save_atomic({"latents": means, "scaling": torch.tensor(scaling)}, path)
     return means, scaling
 
@@ -133,8 +196,7 @@ def learning_rate(args, step: int) -> float:
     return args.lr * min(1.0, (step + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * step / segment_end))
 
 
-def train_denoiser(args, scenes, latents: torch.Tensor, scaling: float, tokenizer, work: Path):
-    text_encoder, unet = toy.text_encoder(len(tokenizer)), toy.unet()
+def train_denoiser(args, scenes, latents: torch.Tensor, scaling: float, tokenizer, work: Path, text_encoder, unet):
     params = list(text_encoder.parameters()) + list(unet.parameters())
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
@@ -158,7 +220,7 @@ def train_denoiser(args, scenes, latents: torch.Tensor, scaling: float, tokenize
         g = torch.Generator().manual_seed(args.seed * 104729 + step)
         rng = random.Random(args.seed * 104729 + step)
         idx = torch.randint(len(latents), (args.batch,), generator=g)
-        texts = ["" if rng.random() < args.empty else caption(scenes[i], rng) for i in idx.tolist()]
+        texts = [text_of(args, scenes[i], rng) for i in idx.tolist()]
         ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
         z0 = latents[idx] * scaling
         noise = torch.randn(z0.shape, generator=g)
@@ -224,18 +286,21 @@ def main(argv=None) -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    scenes, pixels = dataset(args.images, args.seed)
-    vae = train_vae(args, pixels, work)
-    latents, scaling = encode_latents(vae, pixels, work)
+    scenes, pixels = dataset(args.images, args.seed, args.styled)
     tokenizer = toy.tokenizer()
-    text_encoder, unet = train_denoiser(args, scenes, latents, scaling, tokenizer, work)
+    vae, text_encoder, unet, scaling = initial(args, tokenizer)
+    vae = train_vae(args, pixels, work, vae)
+    latents, scaling = encode_latents(vae, pixels, work, scaling)
+    text_encoder, unet = train_denoiser(args, scenes, latents, scaling, tokenizer, work, text_encoder, unet)
     wall = round(time.time() - started, 1)
     info = {
         "trained_by": "scripts/train_toyworld.py",
-        "args": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
+        "args": {k: v for k, v in vars(args).items() if k not in ("out", "work", "init_from")},
         "wall_seconds_this_run": wall,
         "torch": torch.__version__,
     }
+    if args.init_from and (earlier := Path(args.init_from) / "toyworld.json").is_file():
+        info["trained_on_from"] = json.loads(earlier.read_text("utf-8"))
     write_pipeline(Path(args.out), tokenizer, text_encoder, unet, vae, scaling, info)
     print(f"wrote {args.out} ({wall} s this run)")
 

@@ -9,20 +9,31 @@ import pytest
 
 from sd_softprompt.errors import ConfigError
 from sd_softprompt.models.toyworld import model as toy
-from sd_softprompt.models.toyworld.fidelity import attributes_in
 from sd_softprompt.models.toyworld.judge import JudgeScorer, augment, judge, read
 from sd_softprompt.models.toyworld.world import (
+    ATTRIBUTE_OF_WORD,
+    FILLER,
     FLAGS,
     HELD_OUT,
+    LIGHTS,
+    MEDIUMS,
     MISSION,
+    STYLES,
     TIMES,
     UNNAMED,
     Scene,
+    apply_light,
     caption,
+    concise,
     mission_caption,
+    named_attributes,
     random_scene,
     render,
     render_array,
+    short_caption,
+    token_count,
+    undo_light,
+    written_prompt,
 )
 from sd_softprompt.render.scoring import ClipScorer, Reference
 
@@ -43,6 +54,28 @@ def test_each_attribute_changes_many_pixels(flag):
     assert changed > 0.03, flag
 
 
+def test_the_plain_look_draws_what_the_first_model_was_trained_on():
+    # sha1 of 200 random plain scenes' renders as world.py drew them before styles existed (commit 8e4167e):
+    # the shipped model went on training from a model trained on exactly these pictures
+    import hashlib
+
+    rng, digest = random.Random(0), hashlib.sha1()
+    for i in range(200):
+        digest.update(render_array(random_scene(rng), i).tobytes())
+    assert digest.hexdigest() == "d3485874ac274bfd972a74012df2cce17120fad6"
+
+
+@pytest.mark.parametrize("style", STYLES[1:3] + STYLES[4:])
+def test_each_style_changes_the_whole_picture_and_a_light_is_undone_exactly(style):
+    base = Scene.of("noon", "lake", "trees")
+    styled = Scene.of("noon", "lake", "trees", style)
+    changed = (render_array(base, 0) != render_array(styled, 0)).any(-1).mean()
+    assert changed > (0.9 if style in LIGHTS else 0.25), style
+    x = render_array(base, 0).astype(np.float32)
+    assert np.allclose(undo_light(apply_light(x, style), style), x, atol=1e-3)
+    assert apply_light(x, style).max() <= 255.0 and apply_light(x, style).min() >= 0.0  # nothing clips
+
+
 def test_scene_rejects_unknown_attributes_with_a_message():
     assert Scene.parse(" night, snow,house ,lake") == UNNAMED
     with pytest.raises(ValueError, match="unknown attributes"):
@@ -51,6 +84,11 @@ def test_scene_rejects_unknown_attributes_with_a_message():
         Scene.of("noon", "volcano")
     with pytest.raises(ValueError, match="exactly one time"):
         Scene.of("noon", "night")
+    with pytest.raises(ValueError, match="at most one medium"):
+        Scene.of("noon", "painting", "sketch")
+    styled = Scene.of("night", "house", "painting", "misty")
+    assert (styled.medium, styled.light, styled.key()) == ("painting", "misty", "night+house+painting+misty")
+    assert styled.plain == Scene.of("night", "house") and Scene.of("noon").attributes == {"noon", "photo", "clear"}
 
 
 def test_captions_name_exactly_the_scene_and_vary_in_phrasing():
@@ -58,9 +96,41 @@ def test_captions_name_exactly_the_scene_and_vary_in_phrasing():
     texts = {caption(MISSION, rng) for _ in range(200)}
     assert mission_caption() in texts  # the mission's own sentence is one of the phrasings
     assert len(texts) > 20
-    for _ in range(200):
+    for _ in range(200):  # the first model's phrasings: "a photo of" and "painting of" were only words then
         scene = random_scene(rng)
-        assert set(attributes_in(caption(scene, rng))) == scene.attributes
+        named = set(named_attributes(caption(scene, rng))) - {"photo", "painting"}
+        assert named == scene.attributes - {MEDIUMS[0], LIGHTS[0]}
+    for _ in range(200):  # the short phrasings of the styled world say the style, "painting of" only for one
+        scene = random_scene(rng, styled=0.5)
+        named = set(named_attributes(short_caption(scene, rng)))
+        assert scene.attributes - {MEDIUMS[0], LIGHTS[0]} <= named <= scene.attributes
+
+
+def test_written_prompts_name_every_attribute_in_many_words_and_fit_the_window():
+    tokenizer = toy.tokenizer()
+    rng = random.Random(5)
+    lengths, words = [], set()
+    for _ in range(400):
+        scene = random_scene(rng, styled=0.5)
+        text = written_prompt(scene, rng)
+        named = set(named_attributes(text))
+        assert scene.attributes - {MEDIUMS[0], LIGHTS[0]} <= named <= scene.attributes, text
+        assert token_count(text) == len(tokenizer(text).input_ids) - 2 <= 75, text
+        lengths.append(token_count(text))
+        words |= set(text.replace(",", " ").split())
+    assert min(lengths) < 15 and max(lengths) > 65  # from a few tokens up to the whole window
+    assert {"dawn", "dusk", "pines", "cabin", "foggy", "pencil"} <= words  # synonyms, not just the first words
+    assert {"masterpiece", "highly", "artstation"} <= words
+    for tag in FILLER:  # filler is filler: no tag names an attribute
+        assert not set(tag.split()) & set(ATTRIBUTE_OF_WORD), tag
+    for word in words:
+        assert tokenizer.tokenize(word) == [word + "</w>"], word
+
+
+def test_the_concise_restatement_names_what_the_long_prompt_names():
+    for text in ("an oil painting of a cabin at dusk, distant peaks, hazy", "dawn, pines, a pond, golden light"):
+        short = concise(named_attributes(text))
+        assert set(named_attributes(short)) == set(named_attributes(text)) and token_count(short) < 12, short
 
 
 def test_training_scenes_exclude_the_unnamed_combination_and_held_out_scenes():
@@ -68,6 +138,9 @@ def test_training_scenes_exclude_the_unnamed_combination_and_held_out_scenes():
     exclude = frozenset(HELD_OUT) | {UNNAMED}
     drawn = {random_scene(rng, exclude) for _ in range(3000)}
     assert not drawn & exclude
+    styled = [random_scene(rng, exclude, styled=0.3) for _ in range(3000)]
+    assert not {s.plain for s in styled} & exclude  # in no style either
+    assert 0.4 < sum(s.medium == MEDIUMS[0] and s.light == LIGHTS[0] for s in styled) / 3000 < 0.6
     assert MISSION not in exclude
 
 
@@ -90,12 +163,24 @@ def test_judge_reads_renders_and_augmented_renders():
     assert sum(augmented) >= 57
 
 
-@pytest.mark.parametrize("attribute", FLAGS + ("time",))
+def test_judge_reads_styles_on_renders_and_augmented_renders():
+    rng, noise = random.Random(6), np.random.default_rng(6)
+    scenes = [random_scene(rng, styled=0.6) for _ in range(80)]
+    assert sum((s.medium, s.light) != (MEDIUMS[0], LIGHTS[0]) for s in scenes) > 50
+    assert all(judge(render(s, 99 + i)) == s for i, s in enumerate(scenes))
+    augmented = [judge(augment(render(s, 99 + i), noise)) for i, s in enumerate(scenes)]
+    assert sum(a.medium == s.medium and a.light == s.light for a, s in zip(augmented, scenes)) >= 76
+    assert sum(a == s for a, s in zip(augmented, scenes)) >= 60  # misty, undone, doubles the noise: 65 now
+
+
+@pytest.mark.parametrize("attribute", FLAGS + STYLES[1:3] + STYLES[4:] + ("time",))
 def test_judge_tells_apart_pictures_that_differ_in_one_attribute(attribute):
     for seed in range(4):
         base = Scene.of(TIMES[seed], "mountains") if attribute != "mountains" else Scene.of(TIMES[seed], "lake")
         if attribute == "time":
             other = Scene(TIMES[(seed + 1) % 4], base.flags)
+        elif attribute in STYLES:
+            other = Scene.of(base.time, *base.flags, attribute)
         else:
             other = Scene(base.time, base.flags | {attribute})
         a, b = judge(render(base, seed)), judge(render(other, seed))
@@ -186,4 +271,4 @@ def test_negative_prompts_get_the_toy_worlds_own_positives_and_other_models_keep
     for text in (*NEGATIVE_TRAIN_POSITIVES, *NEGATIVE_EVAL_POSITIVES, negative):
         assert set(text.replace(",", " ").split()) <= vocabulary, text
     for positive in (*NEGATIVE_TRAIN_POSITIVES, *NEGATIVE_EVAL_POSITIVES):
-        assert not set(attributes_in(positive)) & set(TIMES + attributes_in(negative)), positive
+        assert not set(named_attributes(positive)) & set(TIMES + named_attributes(negative)), positive

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ...render.scoring import Reference
 from .judge import JudgeScorer
-from .world import ATTRIBUTES, NEGATIVE_EVAL_POSITIVES
+from .world import FLAGS, NEGATIVE_EVAL_POSITIVES, TIMES
 
 SEEDS = (0, 1, 2, 3)
 STEPS = 20
@@ -29,9 +29,11 @@ COMPOSE = "with snow"
 
 
 def attributes_in(text: str) -> tuple[str, ...]:
-    """The toy-world attributes a text names, in the order it names them ("... sunrise with trees ...")."""
+    """The toy-world attributes a text names, in the order it names them ("... sunrise with trees ..."): the
+    time and flag words the shipped model was trained on. (world.named_attributes also reads synonyms and
+    styles: the measure of a model trained on written prompts, once one ships.)"""
     words = text.replace(",", " ").split()
-    return tuple(dict.fromkeys(w for w in words if w in ATTRIBUTES))
+    return tuple(dict.fromkeys(w for w in words if w in TIMES + FLAGS))
 
 
 def draw(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..tiny_text import WORDS, clip_text_config, clip_tokenizer, clip_vocab_and_merges
-from .world import captions_vocabulary
+from .world import captions_vocabulary, prompts_vocabulary
 
 MODEL_DIR = Path(__file__).parent / "model"
 NAME = "toyworld"
@@ -24,9 +24,12 @@ def is_toyworld(pipe) -> bool:
 
 
 def vocabulary() -> list[str]:
-    """Whole-word tokens: the captions' words first, then the tiny models' filler words (baselines, contexts)."""
+    """Whole-word tokens: the short captions' words first, then the tiny models' filler words (baselines,
+    contexts), then the written prompts' (synonyms, styles, quality tags). Appending keeps every earlier word's
+    id, so a model trained on the shorter vocabulary goes on from its own embeddings (train_toyworld --init-from)."""
     words = captions_vocabulary()
-    return words + [w for w in WORDS if w not in words]
+    words += [w for w in WORDS if w not in words]
+    return words + [w for w in prompts_vocabulary() if w not in words]
 
 
 def merges() -> list[tuple[str, str]]:
