@@ -1,14 +1,15 @@
 """Long prompts in pictures on the toy world: F of N soft vectors against every other way to draw a long prompt.
 
-For each long prompt (default samples/toyworld_long/*.txt: 120-200 tokens, attributes in every 75-token
-chunk, quality and filler tags between them) and each N of --vectors, a text-mode soft prompt is trained per
---seeds; the trainer's picture measure (fidelity.fidelity_table: 4 picture seeds, 20 DDIM steps, guidance 4)
+For each long prompt (default samples/toyworld_long_prompt.txt, 84 tokens, the one the shipped model's words
+cover; samples/toyworld_long/*.txt, 124-192 tokens of synonyms, styles and filler tags with attributes in
+every 75-token chunk, are for a model of the styled world) and each N of --vectors, a text-mode soft prompt
+is trained per --seeds; the trainer's picture measure (fidelity.fidelity_table: 4 picture seeds, 20 DDIM steps, guidance 4)
 gives F alone and composed with "with snow" for the soft prompt and the baselines: the whole prompt in
 75-token chunks (A1111 / ComfyUI), cut at the window (diffusers), its first N words, the empty prompt. Added
 here: the concise restatement of the same attributes (world.concise: the ceiling a user would expect), and
 the chunks composed by AND (A1111 / Composable Diffusion: each chunk its own guidance term; a teacher to try).
 
-    OMP_NUM_THREADS=1 python scripts/long_prompt_benchmark.py --vectors 1 2 4 8 16 32 --seeds 0 1 2 \\
+    OMP_NUM_THREADS=1 python scripts/long_prompt_benchmark.py --vectors 1 2 4 8 16 32 --seeds 0 \\
         --json long-bench.json --plot docs/long-prompt-f-vs-n.png
 
 Prints a Markdown table (mean over prompts and seeds, then per prompt) and, with --plot, draws F against N.
@@ -187,7 +188,7 @@ def plot(mean: dict, path: Path, caption: str) -> None:
     from PIL import Image, ImageDraw
 
     ns = sorted(int(k.split("_")[1]) for k in mean if k.startswith("soft_"))
-    width, height, pad = 420, 300, 44
+    width, height, pad, room = 470, 300, 44, 110  # room: on the right for the baselines' names
     image = Image.new("RGB", (2 * width, height + 40), "white")
     draw = ImageDraw.Draw(image)
     colours = {"soft": (200, 30, 30), "first": (120, 120, 120), "hard": (30, 90, 200), "truncated": (230, 140, 0)}
@@ -198,7 +199,7 @@ def plot(mean: dict, path: Path, caption: str) -> None:
 
         def at(i: float, f: float, x0: int = x0) -> tuple[float, float]:
             span = max(len(ns) - 1, 1)
-            return x0 + pad + i / span * (width - 2 * pad), height - pad - f * (height - 2 * pad)
+            return x0 + pad + i / span * (width - pad - room), height - pad - f * (height - 2 * pad)
 
         (left, bottom), (right, top) = at(0, 0), at(len(ns) - 1, 1)
         draw.rectangle([left, top, max(right, left + 1), bottom], outline=(0, 0, 0))
@@ -207,11 +208,16 @@ def plot(mean: dict, path: Path, caption: str) -> None:
             draw.text((at(i, 0)[0] - 4, height - pad + 6), str(n), fill=(0, 0, 0))
         for f in (0.0, 0.5, 1.0):
             draw.text((x0 + 8, at(0, f)[1] - 6), f"{f:.1f}", fill=(0, 0, 0))
+        labels: list[float] = []
         for name in BASELINES:
             if name in mean:
                 y = at(0, mean[name][column])[1]
                 draw.line([(at(0, 0)[0], y), (at(len(ns) - 1, 0)[0], y)], fill=colours[name], width=1)
-                draw.text((at(len(ns) - 1, 0)[0] + 3, y - 6), name, fill=colours[name])
+                label_y = y - 6
+                while any(abs(label_y - other) < 11 for other in labels):  # names of equal baselines stack
+                    label_y += 11
+                labels.append(label_y)
+                draw.text((at(len(ns) - 1, 0)[0] + 3, label_y), name, fill=colours[name])
         for prefix in ("first", "soft"):
             points = [at(i, mean[f"{prefix}_{n}"][column]) for i, n in enumerate(ns)]
             draw.line(points, fill=colours[prefix], width=3 if prefix == "soft" else 1)
@@ -225,7 +231,7 @@ def plot(mean: dict, path: Path, caption: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toyworld")
-    p.add_argument("--prompts", nargs="+", type=Path, default=sorted((SAMPLES / "toyworld_long").glob("*.txt")))
+    p.add_argument("--prompts", nargs="+", type=Path, default=[SAMPLES / "toyworld_long_prompt.txt"])
     p.add_argument("--vectors", nargs="+", type=vector_count, default=[1, 2, 4, 8, 16, 32])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, help="training steps (default: the trainer's)")
