@@ -2,9 +2,10 @@
 
     python scripts/train_toyworld.py                       # -> sd_softprompt/models/toyworld/model (safetensors)
     python scripts/train_toyworld.py --vae-steps 20 --steps 20 --out /tmp/tw-smoke   # end-to-end smoke run
-    # the shipped model: the first model (the defaults), then trained on on styles and written prompts
-    python scripts/train_toyworld.py --init-from FIRST --work .toyworld-work-2 --styled 0.3 --written 0.65 \
-        --vae-steps 150 --steps 2400 --lr 4e-4 --restarts '' --seed 1
+    # the styled world (docs/toyworld.md, not shipped yet): the first model, trained on on styles and written
+    # prompts (tried: 1600 steps, then resumed with --steps 3200 --lr 8e-4; the styles were not learnt by 2200)
+    python scripts/train_toyworld.py --init-from sd_softprompt/models/toyworld/model --out /tmp/toyworld-styled \
+        --work .toyworld-work-2 --styled 0.3 --written 0.5 --vae-steps 200 --steps 1600 --lr 4e-4 --restarts '' --seed 1
 
 Stages, each resumable from its last checkpoint in --work (rerun the same command after a stop):
 1. AutoencoderKL on 32 px crops of renders (all convolutions, so it then runs on 64 px: 32x32x4 latents);
