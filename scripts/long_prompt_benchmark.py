@@ -57,10 +57,11 @@ def concise_row(pipe, prompt: str) -> dict[str, float]:
     }
 
 
-def draw_and(pipe, prompt: str, weight: float, seeds=fid.SEEDS, steps=fid.STEPS, guidance=fid.GUIDANCE):
+def draw_and(pipe, prompt: str, mean: bool, seeds=fid.SEEDS, steps=fid.STEPS, guidance=fid.GUIDANCE):
     """The prompt's 75-token chunks composed as A1111's AND composes sub-prompts (Composable Diffusion, Liu et
-    al. 2022): eps = eps("") + sum_i w (eps(chunk_i) - eps("")), w = ``weight`` x guidance, instead of one
-    conditioning of all chunks side by side. The pipeline's own UNet, scheduler and VAE; a generator per seed."""
+    al. 2022): eps = eps("") + sum_i w (eps(chunk_i) - eps("")), w = guidance (or guidance / k with ``mean``, k
+    chunks), instead of one conditioning of all chunks side by side. An SD pipeline's own UNet, scheduler and
+    VAE; a generator per seed (for one chunk, the pipeline's own pictures)."""
     from sd_softprompt.families import detect_family
 
     family = detect_family(pipe)
@@ -70,6 +71,7 @@ def draw_and(pipe, prompt: str, weight: float, seeds=fid.SEEDS, steps=fid.STEPS,
         chunks = list(states.split(window, dim=1))
         empty = family.encode_long(pipe, [""])["states"]
         cond = torch.cat([empty, *chunks])  # [1 + k, 77, d]
+        weight = 1.0 / len(chunks) if mean else 1.0
         scheduler = pipe.scheduler
         scheduler.set_timesteps(steps)
         shape = (1, pipe.unet.config.in_channels, fid.SIZE // 2, fid.SIZE // 2)
@@ -91,12 +93,11 @@ def and_rows(pipe, prompt: str) -> dict[str, dict[str, float]]:
     """F of the chunks composed by AND, at full weight each (A1111) and at 1/k each (their mean)."""
     reference = fid.attributes_in(prompt)
     composed = tuple(dict.fromkeys(reference + fid.attributes_in(fid.COMPOSE)))
-    k = -(-(len(pipe.tokenizer(prompt).input_ids) - 2) // (pipe.tokenizer.model_max_length - 2))
     rows = {}
-    for name, weight in (("and_chunks", 1.0), ("and_chunks_mean", 1.0 / k)):
+    for name, mean in (("and_chunks", False), ("and_chunks_mean", True)):
         rows[name] = {
-            "alone": round(fid.fidelity(draw_and(pipe, prompt, weight), reference), 4),
-            "composed": round(fid.fidelity(draw_and(pipe, f"{prompt} {fid.COMPOSE}", weight), composed), 4),
+            "alone": round(fid.fidelity(draw_and(pipe, prompt, mean), reference), 4),
+            "composed": round(fid.fidelity(draw_and(pipe, f"{prompt} {fid.COMPOSE}", mean), composed), 4),
         }
     return rows
 
