@@ -45,10 +45,15 @@ def prompt_of(path: Path) -> str:
     return " ".join(path.read_text("utf-8").split())
 
 
+def references(prompt: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The measure's references for a prompt, alone and composed with fid.COMPOSE (as fidelity_table's)."""
+    reference = fid.attributes_in(prompt)
+    return reference, tuple(dict.fromkeys(reference + fid.attributes_in(fid.COMPOSE)))
+
+
 def concise_row(pipe, prompt: str) -> dict[str, float]:
     """F of the concise restatement, alone and composed, with the measure's own seeds and references."""
-    reference = fid.attributes_in(prompt)
-    composed = tuple(dict.fromkeys(reference + fid.attributes_in(fid.COMPOSE)))
+    reference, composed = references(prompt)
     text = concise(reference)
     return {
         "text": text,
@@ -91,8 +96,7 @@ def draw_and(pipe, prompt: str, mean: bool, seeds=fid.SEEDS, steps=fid.STEPS, gu
 
 def and_rows(pipe, prompt: str) -> dict[str, dict[str, float]]:
     """F of the chunks composed by AND, at full weight each (A1111) and at 1/k each (their mean)."""
-    reference = fid.attributes_in(prompt)
-    composed = tuple(dict.fromkeys(reference + fid.attributes_in(fid.COMPOSE)))
+    reference, composed = references(prompt)
     rows = {}
     for name, mean in (("and_chunks", False), ("and_chunks_mean", True)):
         rows[name] = {

@@ -131,6 +131,8 @@ def test_the_concise_restatement_names_what_the_long_prompt_names():
     for text in ("an oil painting of a cabin at dusk, distant peaks, hazy", "dawn, pines, a pond, golden light"):
         short = concise(named_attributes(text))
         assert set(named_attributes(short)) == set(named_attributes(text)) and token_count(short) < 12, short
+    # a prompt that names two times: the first counts, no error
+    assert concise(named_attributes("dusk, then night, pines")) == "trees at sunset"
 
 
 def test_training_scenes_exclude_the_unnamed_combination_and_held_out_scenes():

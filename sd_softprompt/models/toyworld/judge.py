@@ -125,8 +125,9 @@ def _solid(mask: np.ndarray) -> np.ndarray:
 
 def read(picture) -> Reading:
     """The attributes ``picture`` (a PIL image or an HxWx3 uint8 array) shows, with their evidence."""
-    light, light_costs = read_light(_as_array(picture))
-    x = np.clip(undo_light(_as_array(picture), light), 0, 255)
+    x = _as_array(picture)
+    light, light_costs = read_light(x)
+    x = np.clip(undo_light(x, light), 0, 255)
     medium, medium_evidence = read_medium(x)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     hi, lo = x.max(-1), x.min(-1)

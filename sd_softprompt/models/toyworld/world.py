@@ -477,15 +477,16 @@ def written_prompt(scene: Scene, rng: random.Random, max_tokens: int = 75) -> st
 
 def concise(attributes) -> str:
     """The shortest prompt naming ``attributes`` in the short captions' words: "painting of house and lake at
-    sunset, misty" (the ceiling a user expects of a few vectors standing for a long prompt)."""
-    attributes = set(attributes)
+    sunset, misty" (the ceiling a user expects of a few vectors standing for a long prompt). Of a time, medium or
+    light named twice (a prompt may contradict itself), the first named counts, as ``Scene.of`` would refuse it."""
+    attributes = list(attributes)
     things = [f for f in FLAGS if f in attributes]
-    (time,) = [t for t in TIMES if t in attributes] or ["noon"]
-    medium = next((m for m in MEDIUMS if m in attributes), None)
+    time = next((t for t in attributes if t in TIMES), "noon")
+    medium = next((m for m in attributes if m in MEDIUMS), None)
     text = f"{' and '.join(things)} at {time}" if things else f"landscape at {time}"
     if medium is not None:
         text = f"{'a photo' if medium == 'photo' else medium} of {text}"
-    light = next((light for light in LIGHTS if light in attributes), None)
+    light = next((a for a in attributes if a in LIGHTS), None)
     return text if light is None else f"{text}, {light}"
 
 
