@@ -120,7 +120,8 @@ def not_ours(args, folder: Path) -> dict:
     """Long targets on tiny.NOT_OURS: D(soft) / D(baseline) per family and target, mean and range over seeds."""
     runs = {}
     print(
-        f"{args.steps} steps, --vectors {args.vectors}, --schedule {args.schedule}, seeds {args.seeds}; "
+        f"{args.steps} steps, --vectors {args.vectors}, --schedule {args.schedule}, --batch-size {args.batch_size}, "
+        f"seeds {args.seeds}; "
         "D(soft) / D(baseline), mean (min-max):\n"
     )
     print("| pipeline | target | tokens | N | where | / truncated | / first N words | / empty |")
@@ -138,6 +139,7 @@ def not_ours(args, folder: Path) -> dict:
                     tiny.NOT_OURS,
                     target,
                     schedule=args.schedule,
+                    batch_size=args.batch_size,
                 )
                 for s in args.seeds
             ]
@@ -167,6 +169,7 @@ def main() -> int:
     p.add_argument("--not-ours", action="store_true", help="long prompts on diffusers' fast-test SD and SDXL")
     p.add_argument("--targets", nargs="+", default=[SAMPLES / "long_prompt.txt", SAMPLES / "long_prompt_repeating.txt"])
     p.add_argument("--schedule", default="constant", help="the trainer's --schedule (constant or cosine)")
+    p.add_argument("--batch-size", type=int, default=4, help="with --not-ours: the trainer's --batch-size")
     p.add_argument("--json", help="also write every run's figures here")
     p.add_argument("--toyworld", action="store_true", help="the negative in pictures on a trained toy-world model")
     p.add_argument("--model", default="toyworld", help="with --toyworld: the model (a folder train_toyworld.py wrote)")

@@ -50,7 +50,7 @@ class TrainConfig:
     images: str | None = option(None, "images mode: folder of pictures (+ optional same-name .txt captions)")
     vectors: int | str = option(
         4,
-        "number of soft vectors N, or auto (text mode: one per 10 tokens of the --target, 2 to 16)",
+        "number of soft vectors N, or auto (text mode: one per 5 tokens of the --target, 2 to 32)",
         type=vector_count,
         metavar="N",
     )
@@ -72,8 +72,8 @@ class TrainConfig:
     )
     init: str = option(
         "hard",
-        "initial vectors: hard (the --target's token embeddings; random without one), random, words, or mean "
-        "(every vector the mean of the vocabulary's embeddings)",
+        "initial vectors: hard (the --target's token embeddings, each token once; random without one), random, "
+        "words, or mean (every vector the mean of the vocabulary's embeddings)",
     )
     init_words: str | None = option(None, "with --init words: the words to start from")
     context: list[str] = option(

@@ -97,10 +97,10 @@ def vocab_norm(pipe, enc: Encoder) -> float:
 
 
 # --vectors auto: one vector per AUTO_TOKENS tokens of the target, AUTO_MIN to AUTO_MAX. On random tiny SD1 and
-# SDXL of configs we did not choose (tiny.NOT_OURS), 150-200 token targets need 16 vectors to come within half
-# of the truncated prompt's distance (docs/long-and-negative-prompts.md); 32 trained no better in 300 steps
-# (they do on a target whose chunks repeat one another, given some 2400 steps: --vectors 32 says so).
-AUTO_TOKENS, AUTO_MIN, AUTO_MAX = 10, 2, 16
+# SDXL of configs we did not choose (tiny.NOT_OURS), 300 steps, 150-200 token targets, D(soft) / D(truncated):
+# 16 vectors came to 0.05 on an ordinary prompt but to 0.4-2.0 on one whose chunks repeat one another; 31-32
+# vectors, from each token once, to 0.01-0.04 and 0.17-0.50 (docs/long-and-negative-prompts.md).
+AUTO_TOKENS, AUTO_MIN, AUTO_MAX = 5, 2, 32
 
 
 def auto_vectors(pipe, family: Family, target: str) -> int:
@@ -119,6 +119,8 @@ def initial_vectors(pipe, family: Family, cfg: TrainConfig, generator: torch.Gen
         if cfg.init == "mean":
             out[enc.key] = table.float().mean(dim=0).cpu().expand(cfg.vectors, -1).clone()
         elif ids:
+            if cfg.init == "hard":  # each token once, first place kept: a prompt whose clauses repeat would
+                ids = list(dict.fromkeys(ids))  # otherwise start every vector at the same average of them
             out[enc.key] = _resample(table[ids].float().cpu(), cfg.vectors)
         else:
             v = torch.randn(cfg.vectors, table.shape[1], generator=generator)

@@ -192,13 +192,13 @@ def test_target_file_errors(tmp_path, setup, message):
 @pytest.mark.parametrize("family", sorted(tiny.NOT_OURS))
 def test_long_target_beats_the_truncated_prompt_on_configs_we_did_not_choose(tmp_path, family):
     """The same on diffusers' own fast-test SD and SDXL (tiny.NOT_OURS): a 150-token target in --vectors auto
-    (16 here) comes within half of the truncated prompt's distance from the whole prompt, alone and composed."""
+    (31 here) comes within half of the truncated prompt's distance from the whole prompt, alone and composed."""
     from sd_softprompt.train import train
 
     pipe = tiny.NOT_OURS[family]()
-    result = train(long_config(tmp_path, target=LONG, vectors="auto", steps=40, probe_pool=8), pipe=pipe)
+    result = train(long_config(tmp_path, target=LONG, vectors="auto", steps=60, probe_pool=8), pipe=pipe)
     d = result.metrics["distance"]
-    assert d["target_tokens"] > 150 and result.metrics["config"]["vectors"] == 16
+    assert d["target_tokens"] > 150 and result.metrics["config"]["vectors"] == 31
     for where in ("alone", "composed"):
         assert d[where]["ratio_to_truncated"] < 0.5, d[where]
         assert d[where]["ratio_to_first_n_words"] < 0.5, d[where]

@@ -152,7 +152,9 @@ def test_repeated_prompts_are_encoded_once_with_the_same_rows_and_gradients(fami
     for a, b in zip(got["per sample"], got["once each"]):
         assert a.keys() == b.keys()
         for k in a:
-            assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
+            # float32 sums over batches of 4 and of 2 round differently: tolerance on the scale of the values
+            atol = 1e-6 * max(1.0, a[k].abs().max().item())
+            assert torch.allclose(a[k], b[k], rtol=1e-5, atol=atol), (k, (a[k] - b[k]).abs().max())
 
 
 def test_denoiser_pool_batched_across_contexts_matches_one_latent_at_a_time(sd1, capsys):

@@ -32,6 +32,26 @@ def test_init_words_are_those_words_embeddings(sd1, tmp_path):
     assert torch.allclose(got[0], table[ids].float().mean(dim=0))  # fewer vectors: averaged down, in order
 
 
+def test_init_hard_takes_each_of_the_targets_tokens_once(sd1, tmp_path):
+    """A target whose clauses repeat starts from its distinct tokens in order, not from N averages of the repeats;
+    --init words stays as written (the user chose those words)."""
+    table = sd1.text_encoder.get_input_embeddings().weight.detach().float()
+    ids = sd1.tokenizer("red house, lake", add_special_tokens=False).input_ids
+    assert len(ids) == 4 and len(set(ids)) == 4
+    cfg = _config(tmp_path, init="hard", target="red house, lake, red house, lake, red house, lake", vectors=4)
+    got = initial_vectors(sd1, FAMILIES["sd1"], cfg, torch.Generator().manual_seed(0))["clip_l"]
+    assert torch.equal(got, table[ids])
+    red, house = sd1.tokenizer("red house", add_special_tokens=False).input_ids
+    words = _config(tmp_path, init="words", init_words="red house red house", vectors=4)
+    hard = _config(tmp_path, init="hard", target="red house red house", vectors=4)
+    got = {
+        c.init: initial_vectors(sd1, FAMILIES["sd1"], c, torch.Generator().manual_seed(0))["clip_l"]
+        for c in (words, hard)
+    }
+    assert torch.equal(got["words"], table[[red, house, red, house]])
+    assert torch.equal(got["hard"], table[[red, red, house, house]])  # two distinct tokens, each repeated up
+
+
 def test_init_mean_is_the_vocabularys_mean_embedding(sd1, tmp_path):
     table = sd1.text_encoder.get_input_embeddings().weight.detach().float()
     cfg = _config(tmp_path, init="mean", vectors=3, target="a lake")  # the target's words do not matter
@@ -161,7 +181,7 @@ def test_vectors_auto_picks_n_from_the_target_length(sd1, tmp_path):
         load_config(tmp_path / "bad.toml")
     # N = the target's tokens / AUTO_TOKENS, within [AUTO_MIN, AUTO_MAX]
     long = " ".join(["mountain lake"] * 40)  # 80 tokens on the tiny tokenizer
-    for target, want in (("a cat", AUTO_MIN), (long, 8), (" ".join([long] * 3), AUTO_MAX)):
+    for target, want in (("a cat", AUTO_MIN), (long, 16), (" ".join([long] * 3), AUTO_MAX)):
         assert len(sd1.tokenizer(target, add_special_tokens=False).input_ids) in (2, 80, 240)
         result = train(
             _config(tmp_path, target=target, vectors="auto", steps=1, eval_samples=1, probe_size=64), pipe=sd1
