@@ -1,0 +1,75 @@
+"""How far into a prompt the toy-world model reads: a word drawn or not by where it stands.
+
+    python scripts/toyworld_position_reach.py                     # "with snow" after 0-40 filler tokens
+    python scripts/toyworld_position_reach.py --model FOLDER --word clouds
+    python scripts/toyworld_position_reach.py --soft long.safetensors --filler 0    # a soft prompt as the scene
+
+The prompt is the concise scene "mountains and lake and trees at sunrise", then K tokens of filler that names
+no attribute ("a calm scene" repeated), then "with <word>"; the control puts "<word> and" first and the same
+filler after, so that both prompts are as long. With --soft the scene is that soft prompt's tokens (loaded into
+the model), as a user composes it: "[v1]..[vN] with snow" against "snow and [v1]..[vN]". Prints, per K, the token position of the word and how many of
+the pictures (fidelity.STEPS DDIM steps, guidance fidelity.GUIDANCE, --pictures seeds) the judge finds it in.
+A model trained on short captions leaves its late position embeddings untrained: a word past them is not
+drawn, whatever it says (a soft prompt of N vectors puts the words composed after it at positions N+1...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sd_softprompt.inject.loader import load_soft_prompt  # noqa: E402
+from sd_softprompt.models.pipeline import load_pipeline  # noqa: E402
+from sd_softprompt.models.toyworld import fidelity as fid  # noqa: E402
+from sd_softprompt.models.toyworld import judge  # noqa: E402
+
+SCENE = "mountains and lake and trees at sunrise"
+FILLER = "a calm scene"
+
+
+def filler(pipe, k: int) -> str:
+    """Exactly k tokens of FILLER repeated (k = 0: none)."""
+    ids = pipe.tokenizer(" ".join([FILLER] * k), add_special_tokens=False).input_ids[:k]
+    return pipe.tokenizer.decode(ids) if k else ""
+
+
+def position(pipe, prompt: str, word: str) -> int:
+    """The 1-based token position of ``word`` in ``prompt`` (0 is the start-of-text token)."""
+    ids = pipe.tokenizer(prompt).input_ids
+    return ids.index(pipe.tokenizer(word, add_special_tokens=False).input_ids[0])
+
+
+def found(pipe, prompt: str, word: str, seeds: list[int]) -> int:
+    """In how many of the pictures the judge finds ``word``'s attribute."""
+    return sum(word in judge.judge(p).flags for p in fid.draw(pipe, prompt, seeds=seeds))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="toyworld")
+    p.add_argument("--word", default="snow", help="a flag word the scene does not name (snow or clouds)")
+    p.add_argument("--filler", type=int, nargs="+", default=[0, 4, 8, 12, 16, 24, 40])
+    p.add_argument("--pictures", type=int, default=8, help="picture seeds 0..N-1")
+    p.add_argument("--soft", help="a soft prompt file for this model: its tokens are the scene")
+    args = p.parse_args(argv)
+    pipe = load_pipeline(args.model)
+    scene = "".join(load_soft_prompt(pipe, args.soft)) if args.soft else SCENE
+    seeds = list(range(args.pictures))
+    print(f'"{scene} + K filler tokens + with {args.word}" and the control "{args.word} and {scene} + K filler":')
+    print(f"{args.word} found in pictures of {len(seeds)}\n")
+    print(f"| filler K | position of {args.word} | found | control: position | found |")
+    print("|---|---|---|---|---|")
+    for k in args.filler:
+        late = f"{scene} {filler(pipe, k)} with {args.word}".replace("  ", " ")
+        early = f"{args.word} and {scene} {filler(pipe, k)}".strip()
+        cells = [k, position(pipe, late, args.word), found(pipe, late, args.word, seeds)]
+        cells += [position(pipe, early, args.word), found(pipe, early, args.word, seeds)]
+        print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
