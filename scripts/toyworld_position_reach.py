@@ -7,8 +7,9 @@
 The prompt is the concise scene "mountains and lake and trees at sunrise", then K tokens of filler that names
 no attribute ("a calm scene" repeated), then "with <word>"; the control puts "<word> and" first and the same
 filler after, so that both prompts are as long. With --soft the scene is that soft prompt's tokens (loaded into
-the model), as a user composes it: "[v1]..[vN] with snow" against "snow and [v1]..[vN]". Prints, per K, the token position of the word and how many of
-the pictures (fidelity.STEPS DDIM steps, guidance fidelity.GUIDANCE, --pictures seeds) the judge finds it in.
+the model), as a user composes it: "[v1]..[vN] with snow" against "snow and [v1]..[vN]". Prints, per K, the
+token position of the word and in how many of the pictures (fidelity.STEPS DDIM steps, guidance
+fidelity.GUIDANCE, --pictures seeds) the judge finds it.
 A model trained on short captions leaves its late position embeddings untrained: a word past them is not
 drawn, whatever it says (a soft prompt of N vectors puts the words composed after it at positions N+1...).
 """
