@@ -11,8 +11,8 @@ filler after, so that both prompts are as long. With --soft the scene is that so
 the model), as a user composes it: "[v1]..[vN] with snow" against "snow and [v1]..[vN]". Prints, per K, the
 token position of the word and in how many of the pictures (fidelity.STEPS DDIM steps, guidance
 fidelity.GUIDANCE, --pictures seeds) the judge finds it.
-A model trained on short captions leaves its late position embeddings untrained: a word past them is not
-drawn, whatever it says (a soft prompt of N vectors puts the words composed after it at positions N+1...).
+A model trained on short captions need not read later positions: a word past its reach is not drawn,
+whatever it says (a soft prompt of N vectors puts the words composed after it at positions N+1...).
 
 --pads K: the text encoder's states of the word's prompt with no filler ("short") and with K filler tokens
 ("long") are drawn as they are and with their padding states (every position after the word: end of text and
@@ -58,8 +58,10 @@ def found(pipe, prompt: str, word: str, seeds: list[int]) -> int:
 
 
 def _states(pipe, prompt: str):
-    """The text encoder's 77 states of ``prompt`` (padded as the pipeline pads it) and its token ids."""
-    ids = pipe.tokenizer(prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    """The text encoder's states of ``prompt``, padded to the window as the pipeline pads it, and its token ids."""
+    window = pipe.tokenizer.model_max_length
+    ids = pipe.tokenizer(prompt, padding="max_length", max_length=window, truncation=True, return_tensors="pt")
+    ids = ids.input_ids
     with torch.no_grad():
         return pipe.text_encoder(ids)[0], ids[0].tolist()
 
@@ -85,10 +87,11 @@ def pads_swapped(pipe, k: int, word: str, seeds: list[int]) -> dict[str, int]:
     long, ids_long = _states(pipe, f"{SCENE} {filler(pipe, k)} with {word}")
     word_id = pipe.tokenizer(word, add_special_tokens=False).input_ids[0]
     after_short, after_long = ids_short.index(word_id) + 1, ids_long.index(word_id) + 1
+    window = short.shape[1]
     pads_short, pads_long = short[:, after_short:], long[:, after_long:]
-    long_with_short_pads = torch.cat([long[:, :after_long], pads_short[:, : 77 - after_long]], dim=1)
+    long_with_short_pads = torch.cat([long[:, :after_long], pads_short[:, : window - after_long]], dim=1)
     # the long prompt has fewer padding states than the short one has room for: its last one fills the rest
-    fill = pads_long[:, -1:].expand(-1, 77 - after_short - pads_long.shape[1], -1)
+    fill = pads_long[:, -1:].expand(-1, window - after_short - pads_long.shape[1], -1)
     short_with_long_pads = torch.cat([short[:, :after_short], pads_long, fill], dim=1)
     return {
         "short": _found_in(pipe, short, word, seeds),
