@@ -78,15 +78,25 @@ def on_renders(n: int, seed: int, styled: float = 0.0) -> dict[str, float]:
 
 
 def on_generations(
-    pipe, scenes, captions_per_scene: int, seeds: list[int], steps: int, guidance: float, styled: float = 0.0
+    pipe,
+    scenes,
+    captions_per_scene: int,
+    seeds: list[int],
+    steps: int,
+    guidance: float,
+    styled: float = 0.0,
+    written: bool = False,
 ):
     """The pipeline's pictures for captions of ``scenes``: the judge's reading against the caption. With
-    ``styled``, each caption's scene takes a random style and the caption is a written prompt."""
+    ``styled``, each caption's scene takes a random style and the caption is a written prompt; with ``written``
+    alone, the scene keeps the plain look and the caption is a written prompt."""
     rng = random.Random(0)
     rows = []
     for scene in scenes:
         for _ in range(captions_per_scene):
-            if styled:
+            if written and not styled:
+                truth, text = scene, written_prompt(scene, rng)
+            elif styled:
                 styled_scene = random_scene(rng, styled=styled)
                 truth = Scene(scene.time, scene.flags, styled_scene.medium, styled_scene.light)
                 text = written_prompt(truth, rng)
@@ -120,6 +130,11 @@ def main() -> None:
     p.add_argument("--renders-only", action="store_true")
     p.add_argument("--styled", type=float, default=0.3, help="chance of a style per scene in the styled sets")
     p.add_argument("--no-styles", action="store_true", help="the first model's sets only (plain renders, captions)")
+    p.add_argument(
+        "--written",
+        action="store_true",
+        help="add held-out scenes in the plain look from written prompts (a model trained on them without styles)",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     result = {"renders": {"pictures": args.renders, "accuracy": on_renders(args.renders, seed=1)}}
@@ -132,12 +147,17 @@ def main() -> None:
         pipe = load_pipeline(args.model, device="cpu", progress=False)
         settings = {"steps": args.steps, "guidance": args.guidance, "seeds": args.seeds}
         # held-out scenes: compositions the model never saw; trained scenes: new pictures of seen ones
-        sets = [("held_out_scenes", HELD_OUT, 0.0), ("trained_scenes", trained_scenes(len(HELD_OUT)), 0.0)]
+        sets = [
+            ("held_out_scenes", HELD_OUT, 0.0, False),
+            ("trained_scenes", trained_scenes(len(HELD_OUT)), 0.0, False),
+        ]
+        if args.written:
+            sets.append(("held_out_scenes_written", HELD_OUT, 0.0, True))
         if not args.no_styles:
-            sets.append(("held_out_scenes_styled_written", HELD_OUT, args.styled))
-        for name, scenes, styled in sets:
+            sets.append(("held_out_scenes_styled_written", HELD_OUT, args.styled, True))
+        for name, scenes, styled, written in sets:
             agreement, count = on_generations(
-                pipe, scenes, args.captions, args.seeds, args.steps, args.guidance, styled
+                pipe, scenes, args.captions, args.seeds, args.steps, args.guidance, styled, written
             )
             result[name] = {"scenes": len(scenes), "pictures": count, **settings, "agreement": agreement}
     print(json.dumps(result, indent=2))

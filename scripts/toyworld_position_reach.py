@@ -68,17 +68,7 @@ def _states(pipe, prompt: str):
 
 def _found_in(pipe, states, word: str, seeds: list[int]) -> int:
     empty, _ = _states(pipe, "")
-    pictures = pipe(
-        prompt_embeds=states,
-        negative_prompt_embeds=empty,
-        num_inference_steps=fid.STEPS,
-        guidance_scale=fid.GUIDANCE,
-        height=fid.SIZE,
-        width=fid.SIZE,
-        num_images_per_prompt=len(seeds),
-        generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-    ).images
-    return sum(word in judge.judge(p).flags for p in pictures)
+    return sum(word in judge.judge(p).flags for p in fid.draw_states(pipe, states, empty, seeds))
 
 
 def pads_swapped(pipe, k: int, word: str, seeds: list[int]) -> dict[str, int]:

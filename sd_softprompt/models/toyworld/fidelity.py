@@ -19,7 +19,7 @@ from PIL import Image
 
 from ...render.scoring import Reference
 from .judge import JudgeScorer
-from .world import FLAGS, NEGATIVE_EVAL_POSITIVES, TIMES
+from .world import FLAGS, NEGATIVE_EVAL_POSITIVES, TIMES, named_attributes
 
 SEEDS = (0, 1, 2, 3)
 STEPS = 20
@@ -29,11 +29,10 @@ COMPOSE = "with snow"
 
 
 def attributes_in(text: str) -> tuple[str, ...]:
-    """The toy-world attributes a text names, in the order it names them ("... sunrise with trees ..."): the
-    time and flag words the shipped model was trained on. (world.named_attributes also reads synonyms and
-    styles: the measure of a model trained on written prompts, once one ships.)"""
-    words = text.replace(",", " ").split()
-    return tuple(dict.fromkeys(w for w in words if w in TIMES + FLAGS))
+    """The toy-world times and flags a text names, in the order it names them, by their words and synonyms
+    ("... dawn with pines ..." -> sunrise, trees: world.named_attributes), which the shipped model reads. Styles
+    are left out: the shipped model was trained on written prompts without them (docs/toyworld.md)."""
+    return tuple(a for a in named_attributes(text) if a in TIMES + FLAGS)
 
 
 def draw(
@@ -64,16 +63,31 @@ def draw(
         def padded(x):
             return torch.cat([x, empty.repeat(1, (chunks - x.shape[1]) // empty.shape[1], 1)], dim=1)
 
-        return pipe(
-            prompt_embeds=padded(states),
-            negative_prompt_embeds=padded(unconditional),
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            height=SIZE,
-            width=SIZE,
-            num_images_per_prompt=len(seeds),
-            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-        ).images
+        return draw_states(pipe, padded(states), padded(unconditional), seeds, steps, guidance)
+
+
+def draw_states(
+    pipe,
+    states,
+    unconditional,
+    seeds: Sequence[int] = SEEDS,
+    steps: int = STEPS,
+    guidance: float = GUIDANCE,
+):
+    """K pictures, one per seed, from given text-encoder states [1, L, d] of the prompt and of the negative
+    (one length): the pipeline's own sampler, a generator per seed, as ``draw`` seeds it."""
+    import torch
+
+    return pipe(
+        prompt_embeds=states,
+        negative_prompt_embeds=unconditional,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=SIZE,
+        width=SIZE,
+        num_images_per_prompt=len(seeds),
+        generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+    ).images
 
 
 def draw_cut(
