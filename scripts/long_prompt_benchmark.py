@@ -1,8 +1,9 @@
 """Long prompts in pictures on the toy world: F of N soft vectors against every other way to draw a long prompt.
 
-For each long prompt (default samples/toyworld_long_prompt.txt, 84 tokens, the one the shipped model's words
-cover; samples/toyworld_long/*.txt, 124-192 tokens of synonyms, styles and filler tags with attributes in
-every 75-token chunk, are for a model of the styled world) and each N of --vectors, a text-mode soft prompt
+For each long prompt (default: samples/toyworld_long/*.txt, 124-192 tokens of synonyms, styles and filler tags
+with attributes in every 75-token chunk, written for the styled world and not tuned on, and
+samples/toyworld_long_prompt.txt, 84 tokens in the first model's words; F counts the times and flags each
+names, through synonyms: fidelity.attributes_in) and each N of --vectors, a text-mode soft prompt
 is trained per --seeds; the trainer's picture measure (fidelity.fidelity_table: 4 picture seeds, 20 DDIM steps, guidance 4)
 gives F alone and composed with "with snow" for the soft prompt and the baselines: the whole prompt in
 75-token chunks (A1111 / ComfyUI), cut at the window (diffusers), its first N words, the empty prompt. Added
@@ -236,7 +237,12 @@ def plot(mean: dict, path: Path, caption: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toyworld")
-    p.add_argument("--prompts", nargs="+", type=Path, default=[SAMPLES / "toyworld_long_prompt.txt"])
+    p.add_argument(
+        "--prompts",
+        nargs="+",
+        type=Path,
+        default=[*sorted((SAMPLES / "toyworld_long").glob("*.txt")), SAMPLES / "toyworld_long_prompt.txt"],
+    )
     p.add_argument("--vectors", nargs="+", type=vector_count, default=[1, 2, 4, 8, 16, 32])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, help="training steps (default: the trainer's)")

@@ -150,19 +150,21 @@ def test_negative_soft_prompt_keeps_its_attributes_out_of_the_pictures(toy, tmp_
     assert "avoidance" in capsys.readouterr().out  # the trainer prints the table
 
 
-def test_the_toy_model_reads_words_only_in_its_first_twenty_positions(toy):
-    """What docs/toyworld.md says the model is not: trained on captions of at most ~15 tokens, it draws "with snow"
-    after the concise scene (token 9) but not after 24 filler tokens more (token 33), though the same words put
-    first are drawn (scripts/toyworld_position_reach.py, 4 of its 8 pictures)."""
+def test_the_toy_model_reads_a_word_anywhere_in_its_window(toy):
+    """What docs/toyworld.md says the model is: trained on written prompts up to the whole window, it draws
+    "with snow" after the concise scene (token 9) and after 40 filler tokens more (token 49), as it draws the same
+    words put first (scripts/toyworld_position_reach.py, 4 of its 8 pictures). The first model drew the late one
+    in none of 8."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     from toyworld_position_reach import SCENE, filler, found, position
 
     seeds = [0, 1, 2, 3]
-    late = f"{SCENE} {filler(toy, 24)} with snow"
-    early = f"snow and {SCENE} {filler(toy, 24)}"
-    assert position(toy, f"{SCENE} with snow", "snow") == 9 and position(toy, late, "snow") == 33
+    late = f"{SCENE} {filler(toy, 40)} with snow"
+    early = f"snow and {SCENE} {filler(toy, 40)}"
+    assert position(toy, f"{SCENE} with snow", "snow") == 9 and position(toy, late, "snow") == 49
     assert found(toy, f"{SCENE} with snow", "snow", seeds) >= 3
-    assert found(toy, late, "snow", seeds) == 0
+    assert found(toy, late, "snow", seeds) >= 3
     assert found(toy, early, "snow", seeds) >= 3
+    assert found(toy, SCENE, "snow", seeds) <= 1  # snow is drawn because it is asked for
