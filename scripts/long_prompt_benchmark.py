@@ -107,9 +107,13 @@ def and_rows(pipe, prompt: str) -> dict[str, dict[str, float]]:
     return rows
 
 
-def run_one(pipe, model: str, path: Path, vectors, seed: int, steps: int | None, folder: Path) -> dict:
+def run_one(
+    pipe, model: str, path: Path, vectors, seed: int, steps: int | None, folder: Path, pool: str = "noise"
+) -> dict:
     """One soft prompt trained on the prompt file; the trainer's F table (soft and its baselines)."""
     kw = {} if steps is None else {"steps": steps}
+    if pool == "sampler":
+        kw["pool_guidance"] = fid.GUIDANCE  # its runs guided as the pictures are drawn
     cfg = TrainConfig(
         model=model,
         out=str(folder / f"{path.stem}-{vectors}-{seed}.safetensors"),
@@ -118,6 +122,7 @@ def run_one(pipe, model: str, path: Path, vectors, seed: int, steps: int | None,
         seed=seed,
         progress=False,
         checkpoint_every=0,
+        pool=pool,
         **kw,
     )
     started = time.process_time()
@@ -158,15 +163,16 @@ def remember_baselines(prompts: list[str]) -> None:
     fid.draw, fid.draw_cut = remembering(fid.draw), remembering(fid.draw_cut)
 
 
-def key(path: Path, vectors, seed: int, steps) -> str:
-    return f"{path.name}|{vectors}|{seed}|{steps}"
+def key(path: Path, vectors, seed: int, steps, pool: str = "noise") -> str:
+    """A run's name in the JSON; the default pool's runs keep the name they had before --pool existed."""
+    return f"{path.name}|{vectors}|{seed}|{steps}" + ("" if pool == "noise" else f"|{pool}")
 
 
-def summary(results: dict, prompts: list[Path], vectors: list, seeds: list[int], steps) -> dict:
+def summary(results: dict, prompts: list[Path], vectors: list, seeds: list[int], steps, pool: str = "noise") -> dict:
     """Mean over seeds per prompt and N; then mean over prompts."""
     out: dict = {"per_prompt": {}, "mean": {}}
     for path in prompts:
-        runs = {v: [results["runs"][key(path, v, s, steps)] for s in seeds] for v in vectors}
+        runs = {v: [results["runs"][key(path, v, s, steps, pool)] for s in seeds] for v in vectors}
         base = results["baselines"][path.name]
         row = {name: base[name] for name in BASELINES if name in base}
         for rs in runs.values():
@@ -246,6 +252,7 @@ def main(argv=None) -> int:
     p.add_argument("--vectors", nargs="+", type=vector_count, default=[1, 2, 4, 8, 16, 32])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, help="training steps (default: the trainer's)")
+    p.add_argument("--pool", choices=("noise", "sampler"), default="noise", help="the trainer's --pool")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, help="write every run and the summary here")
     p.add_argument("--reuse", type=Path, help="a --json of an earlier run: its runs are not trained again")
@@ -266,10 +273,10 @@ def main(argv=None) -> int:
         for path in args.prompts:
             for vectors in args.vectors:
                 for seed in args.seeds:
-                    k = key(path, vectors, seed, args.steps)
+                    k = key(path, vectors, seed, args.steps, args.pool)
                     if k in results["runs"]:
                         continue
-                    run = run_one(pipe, args.model, path, vectors, seed, args.steps, Path(tmp))
+                    run = run_one(pipe, args.model, path, vectors, seed, args.steps, Path(tmp), args.pool)
                     results["runs"][k] = run
                     results["baselines"].setdefault(path.name, {}).update(run.pop("baselines"))
                     print(f"{k}: soft {run['soft']} first {run['first_n']} ({run['cpu_s']} CPU s)", flush=True)
@@ -280,11 +287,14 @@ def main(argv=None) -> int:
                 base["concise"] = concise_row(pipe, prompt_of(path))
             if "and_chunks" not in base:
                 base |= and_rows(pipe, prompt_of(path))
-    results["summary"] = summary(results, args.prompts, args.vectors, args.seeds, args.steps)
+    results["summary"] = summary(results, args.prompts, args.vectors, args.seeds, args.steps, args.pool)
     results["args"] = {k: str(v) for k, v in vars(args).items()}
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n", "utf-8")
-    settings = f"seeds {args.seeds}, steps {args.steps or 'default'}, {len(args.prompts)} prompts, model {args.model}"
+    settings = (
+        f"seeds {args.seeds}, steps {args.steps or 'default'}, pool {args.pool}, {len(args.prompts)} prompts, "
+        f"model {args.model}"
+    )
     print(markdown(results["summary"]["mean"], f"Mean over prompts and training seeds ({settings}):"))
     for name, row in results["summary"]["per_prompt"].items():
         print()

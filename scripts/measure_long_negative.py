@@ -121,7 +121,7 @@ def not_ours(args, folder: Path) -> dict:
     runs = {}
     print(
         f"{args.steps} steps, --vectors {args.vectors}, --schedule {args.schedule}, --batch-size {args.batch_size}, "
-        f"seeds {args.seeds}; "
+        f"--pool {args.pool}, seeds {args.seeds}; "
         "D(soft) / D(baseline), mean (min-max):\n"
     )
     print("| pipeline | target | tokens | N | where | / truncated | / first N words | / empty |")
@@ -140,6 +140,7 @@ def not_ours(args, folder: Path) -> dict:
                     target,
                     schedule=args.schedule,
                     batch_size=args.batch_size,
+                    pool=args.pool,
                 )
                 for s in args.seeds
             ]
@@ -170,6 +171,9 @@ def main() -> int:
     p.add_argument("--targets", nargs="+", default=[SAMPLES / "long_prompt.txt", SAMPLES / "long_prompt_repeating.txt"])
     p.add_argument("--schedule", default="constant", help="the trainer's --schedule (constant or cosine)")
     p.add_argument("--batch-size", type=int, default=4, help="with --not-ours: the trainer's --batch-size")
+    p.add_argument(
+        "--pool", choices=("noise", "sampler"), default="noise", help="with --not-ours: the trainer's --pool"
+    )
     p.add_argument("--json", help="also write every run's figures here")
     p.add_argument("--toyworld", action="store_true", help="the negative in pictures on a trained toy-world model")
     p.add_argument("--model", default="toyworld", help="with --toyworld: the model (a folder train_toyworld.py wrote)")

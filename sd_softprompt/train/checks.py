@@ -72,6 +72,17 @@ def check_config(cfg: TrainConfig) -> None:
             )
         check_token_names(tokens, "--tokens")  # whitespace; words of the vocabulary need the model
     get_loss(cfg.loss)  # ConfigError naming the losses for any other name
+    if cfg.pool not in ("noise", "sampler"):
+        raise ConfigError(f"--pool must be noise or sampler, not {cfg.pool!r}")
+    if cfg.pool_guidance is not None and cfg.pool != "sampler":
+        raise ConfigError(
+            "--pool-guidance sets the guidance of --pool sampler's runs; add --pool sampler or leave it out"
+        )
+    if cfg.pool == "sampler" and (cfg.mode != "text" or cfg.role == "negative" or not get_loss(cfg.loss).pooled):
+        raise ConfigError(
+            "--pool sampler is for a prompt's denoiser loss (--mode text --loss denoiser); a negative prompt is "
+            "always trained on sampler runs of its positives"
+        )
     if cfg.init not in ("hard", "random", "words", "mean") or (cfg.init == "words" and not cfg.init_words):
         raise ConfigError('--init must be hard, random, words or mean (words needs --init-words "...")')
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
@@ -108,6 +119,7 @@ _NUMBERS = {
     "--validate-every": ("validate_every", 0, True, True),
     "--checkpoint-every": ("checkpoint_every", 0, True, True),
     "--probe-pool": ("probe_pool", 1, True, True),
+    "--pool-guidance": ("pool_guidance", 0, True, False),
     "--eval-samples": ("eval_samples", 1, True, True),
     "--probe-size": ("probe_size", 8, True, True),
     "--snr-gamma": ("snr_gamma", 0, False, False),
@@ -121,7 +133,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     for flag, (name, low, low_ok, whole) in _NUMBERS.items():
         value = getattr(cfg, name)
-        if value is None and name in ("probe_size", "snr_gamma", "resolution"):
+        if value is None and name in ("probe_size", "snr_gamma", "resolution", "pool_guidance"):
             continue
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if (

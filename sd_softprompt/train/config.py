@@ -115,6 +115,15 @@ class TrainConfig:
     probe_pool: int = option(
         32, "denoiser loss: noisy latents per context whose hard-prompt targets are computed once", type=int
     )
+    pool: str = option(
+        "noise",
+        "denoiser loss, text mode: the latents the hard prompt's targets are taken on: noise (random noise at "
+        "random timesteps) or sampler (every step of guided runs of the hard prompt, as the pictures are drawn)",
+        choices=("noise", "sampler"),
+    )
+    pool_guidance: float | None = option(
+        None, "--pool sampler: the guidance scale of its runs (default: the family's usual, SD 7.5)", type=float
+    )
     eval_samples: int = option(8, "noisy latents in the denoiser-distance probe", type=int)
     probe_size: int | None = option(
         None,

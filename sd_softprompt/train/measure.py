@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ConfigError
 from ..families import Cond, Family, fits_window, prediction_type, prompt_tokens
 
 # Held out from training: the composition part of the measure.
@@ -158,6 +159,26 @@ def guided_probe(
 ) -> GuidedProbe:
     """Sample each positive prompt with `negative` (a conditioning: it may be a chunked long prompt) the way
     the pipeline does (its scheduler, its starting noise for `seed`), recording every step."""
+    n = len(positives)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return sampled_runs(
+        pipe, family, family.encode(pipe, positives), _batch(negative, n), guidance, steps, size, generator
+    )
+
+
+@torch.no_grad()
+def sampled_runs(
+    pipe,
+    family: Family,
+    positive: Cond,
+    negative: Cond,
+    guidance: float,
+    steps: int,
+    size: int | None,
+    generator: torch.Generator,
+) -> GuidedProbe:
+    """One guided run per row of `positive` (against the same row of `negative`): the pipeline's scheduler,
+    its input scaling and its guidance, the starting noise drawn from `generator`; every step recorded."""
     import copy
 
     from diffusers.utils.torch_utils import randn_tensor
@@ -165,21 +186,25 @@ def guided_probe(
     den = denoiser(pipe, family)
     size = size or default_size(pipe, family)
     scheduler = copy.deepcopy(pipe.scheduler)  # the pipeline's own stays untouched
+    if scheduler.config.get("use_dynamic_shifting"):
+        raise ConfigError(
+            "this pipeline's scheduler shifts its timesteps by the picture's size (use_dynamic_shifting), which "
+            "training's sampler runs (--pool sampler, --role negative) do not reproduce yet; for a prompt, use the "
+            "default --pool noise"
+        )
     scheduler.set_timesteps(steps, device=den.device)
     # flow schedulers count time in 0..num_train_timesteps; the family's predict takes sigmas in [0, 1]
     per_unit = scheduler.config.num_train_timesteps if prediction_type(pipe, family) == "flow" else 1
-    n = len(positives)
-    generator = torch.Generator("cpu").manual_seed(seed)
+    n = next(iter(positive.values())).shape[0]
     x = randn_tensor((n, *family.latent_shape(pipe, size, size)), generator=generator, device=den.device)
     x = x.to(den.dtype) * getattr(scheduler, "init_noise_sigma", 1.0)
-    pos, neg = family.encode(pipe, positives), _batch(negative, n)
     record: dict[str, list[torch.Tensor]] = {"x_t": [], "t": [], "eps_pos": [], "eps_neg": []}
     for t in scheduler.timesteps:
         scale = getattr(scheduler, "scale_model_input", None)  # Euler-type schedulers scale their input
         x_in = scale(x, t) if scale else x
         tt = (t / per_unit).expand(n)
-        e_pos = family.predict(pipe, x_in, tt, pos)
-        e_neg = family.predict(pipe, x_in, tt, neg)
+        e_pos = family.predict(pipe, x_in, tt, positive)
+        e_neg = family.predict(pipe, x_in, tt, negative)
         for key, value in (("x_t", x_in), ("t", tt), ("eps_pos", e_pos.float()), ("eps_neg", e_neg.float())):
             record[key].append(value)
         x = scheduler.step(e_neg + guidance * (e_pos - e_neg), t, x, return_dict=False)[0]

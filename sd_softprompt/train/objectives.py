@@ -21,7 +21,7 @@ from ..models.base import Positives
 from ..models.builtin import builtin_of
 from .data import OBJECT_TEMPLATES, STYLE_TEMPLATES, caption_for, load_image, scan_images
 from .losses import alignments, cond_loss, cond_scale, get_loss, image_loss, min_snr_weights
-from .measure import EVAL_POSITIVES, Probe, default_size, guided_probe, join, sample_timesteps
+from .measure import EVAL_POSITIVES, Probe, default_size, guided_probe, join, sample_timesteps, sampled_runs
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -57,6 +57,7 @@ def positives_for(pipe) -> Positives:
 
 
 POOL_BATCH = 16  # noisy latents per denoiser forward while the denoiser loss's targets are predicted
+SAMPLER_STEPS = 10  # --pool sampler: steps of each recorded run (the pool has probe_pool // this runs per context)
 
 
 def encode_unique(pipe, family: Family, prompts: list[str]) -> Cond:
@@ -117,7 +118,8 @@ class TextObjective:
             # Which tokenizers' token counts set the alignment is the family's to say (Flux: T5; SD3: CLIP, then T5).
             self.alignment = alignments(pipe, family, cfg.target, cfg.vectors)
         if self.kind.pooled:
-            (self._guided_pool if self.negative else self._pool_targets)(self.size)
+            pools = {"noise": self._pool_targets, "sampler": self._sampler_pool}
+            (self._guided_pool if self.negative else pools[cfg.pool])(self.size)
 
     @staticmethod
     def needs_denoiser(cfg: TrainConfig) -> bool:
@@ -152,6 +154,36 @@ class TextObjective:
                         want[row] = out[j]
                     bar.update(len(pick))
         self.want = torch.stack(want)
+        self.want_var = self.want.float().var().clamp_min(1e-8)
+
+    def _sampler_pool(self, size: int) -> None:
+        """--pool sampler: the latents a sampler visits while it draws the hard prompt. Per context,
+        `probe_pool // SAMPLER_STEPS` guided runs of "<hard> <context>" against no negative (the pipeline's
+        scheduler; --pool-guidance, else the family's usual scale), every step recorded, and the hard prompt's
+        predictions there. Pure noise at a low timestep (--pool noise) is a latent no sampler visits; these are
+        the latents the pictures are drawn through."""
+        runs = max(1, self.cfg.probe_pool // SAMPLER_STEPS)
+        guidance = self.family.guidance if self.cfg.pool_guidance is None else self.cfg.pool_guidance
+        generator = torch.Generator().manual_seed(self.cfg.seed + 1000)
+        x_t, t, want, context_of = [], [], [], []
+        what = f"targets: {runs} sampler runs of the hard prompt per context (once, before step 1)"
+        with torch.no_grad(), _bar(len(self.contexts), what, self.cfg.progress) as bar:
+            for c, target in enumerate(self.targets):
+                positive = {k: v.expand(runs, *v.shape[1:]) for k, v in target.items()}
+                negative = self.family.no_negative(self.pipe, runs)
+                if negative is None:
+                    raise ConfigError(
+                        f"--pool sampler: {self.family.title} takes no classifier-free guidance; use --pool noise"
+                    )
+                run = sampled_runs(self.pipe, self.family, positive, negative, guidance, SAMPLER_STEPS, size, generator)
+                x_t.append(run.x_t)
+                t.append(run.t)
+                want.append(run.eps_pos)
+                context_of += [c] * run.x_t.shape[0]
+                bar.update(1)
+        self.probe = Probe(torch.cat(x_t), torch.cat(t))
+        self.context_of = torch.tensor(context_of)
+        self.want = torch.cat(want)
         self.want_var = self.want.float().var().clamp_min(1e-8)
 
     def _guided_pool(self, size: int) -> None:

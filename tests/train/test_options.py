@@ -1,4 +1,6 @@
-"""What --init words / hard / random / mean, --style, --norm-weight and --snr-gamma do, each checked on its own."""
+"""What --init words / hard / random / mean, --style, --norm-weight, --snr-gamma and --pool do, each checked on its own."""
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -198,3 +200,74 @@ def test_vectors_auto_picks_n_from_the_target_length(sd1, tmp_path):
     ):
         with pytest.raises(ConfigError, match=message):
             check_config(_config(tmp_path, vectors="auto", **change))
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "sd3"])
+def test_sampled_runs_without_a_negative_end_where_the_pipeline_does(family):
+    """The runs --pool sampler records are the pipeline's own: its noise for the generator, its scheduler and
+    guidance, and what it uses when no negative prompt is given (family.no_negative)."""
+    from sd_softprompt.models import tiny
+    from sd_softprompt.train.measure import sampled_runs
+
+    pipe, fam = tiny.BUILDERS[family](), FAMILIES[family]
+    prompts = ["a photo of a cat", "a red house"]
+    with torch.no_grad():
+        runs = sampled_runs(
+            pipe, fam, fam.encode(pipe, prompts), fam.no_negative(pipe, 2), 5.0, 4, 64, torch.Generator().manual_seed(3)
+        )
+        want = pipe(
+            prompts, num_inference_steps=4, guidance_scale=5.0, height=64, width=64, output_type="latent",
+            generator=torch.Generator("cpu").manual_seed(3), **fam.call_kwargs(pipe, None),
+        ).images  # fmt: skip
+    assert runs.x_t.shape[0] == 8 and runs.positive.tolist() == [0, 1] * 4
+    torch.testing.assert_close(runs.final, want, rtol=1e-4, atol=1e-4)
+
+
+def test_pool_sampler_trains_on_the_hard_prompts_sampler_runs(sd1, tmp_path):
+    """Per context, probe_pool // SAMPLER_STEPS runs of "<hard> <context>" at the scheduler's timesteps, and the
+    hard prompt's predictions there as targets."""
+    from sd_softprompt.train.objectives import SAMPLER_STEPS, TextObjective
+
+    fam = FAMILIES["sd1"]
+    hard = "image of serene landscape at sunrise with trees mountains and lake"
+    cfg = _config(tmp_path, target=hard, pool="sampler", probe_pool=2 * SAMPLER_STEPS, probe_size=64)
+    objective = TextObjective(sd1, fam, cfg, ["[v1]"], print)
+    per_context = 2 * SAMPLER_STEPS
+    assert objective.want.shape[0] == len(objective.contexts) * per_context
+    assert objective.context_of.tolist() == [c for c in range(len(objective.contexts)) for _ in range(per_context)]
+    sd1.scheduler.set_timesteps(SAMPLER_STEPS)
+    assert objective.probe.t[:per_context].tolist() == sd1.scheduler.timesteps.repeat_interleave(2).tolist()
+    row = per_context + 3  # the second context's run 1 at its second step
+    with torch.no_grad():
+        got = fam.predict(
+            sd1, objective.probe.x_t[row : row + 1], objective.probe.t[row : row + 1], objective.targets[1]
+        )
+    torch.testing.assert_close(objective.want[row], got[0].float(), rtol=1e-4, atol=1e-5)
+    # and the vectors learn from it: the loss on a fixed batch of the pool falls, the soft prompt beats the
+    # target's first N words on the measure's own noise probe
+    result = train(replace(cfg, vectors=3, steps=60, eval_samples=6, checkpoint_every=0), pipe=sd1)
+    assert result.metrics["fixed_batch_loss"]["after"] < 0.5 * result.metrics["fixed_batch_loss"]["before"]
+    assert result.metrics["distance"]["alone"]["ratio_to_first_n_words"] < 0.5
+
+
+def test_pool_sampler_is_refused_where_it_means_nothing(tmp_path, flux):
+    from sd_softprompt.train.objectives import TextObjective
+
+    with pytest.raises(ConfigError, match="--pool sampler is for a prompt's denoiser loss"):
+        check_config(_config(tmp_path, target="a lake", pool="sampler", role="negative"))
+    with pytest.raises(ConfigError, match="--pool sampler is for a prompt's denoiser loss"):
+        check_config(_config(tmp_path, target="a lake", pool="sampler", loss="sequence"))
+    with pytest.raises(ConfigError, match="add --pool sampler or leave it out"):
+        check_config(_config(tmp_path, target="a lake", pool_guidance=4.0))
+    with pytest.raises(ConfigError, match="--pool-guidance -1: must be a finite number at least 0"):
+        check_config(_config(tmp_path, target="a lake", pool="sampler", pool_guidance=-1.0))
+    with pytest.raises(ConfigError, match="--pool must be noise or sampler"):
+        check_config(_config(tmp_path, target="a lake", pool="latents"))
+    cfg = _config(tmp_path, target="a lake", pool="sampler", probe_pool=10, probe_size=64)
+    with pytest.raises(ConfigError, match="takes no classifier-free guidance"):  # guidance-distilled Flux
+        TextObjective(flux, FAMILIES["flux"], cfg, ["<s1>"], log=lambda m: None)
+    from sd_softprompt.models import tiny
+
+    klein = tiny.build_flux2_klein()  # guides (not distilled); its scheduler shifts timesteps by picture size
+    with pytest.raises(ConfigError, match="use_dynamic_shifting"):
+        TextObjective(klein, FAMILIES["flux2_klein"], cfg, ["<s1>"], log=lambda m: None)
