@@ -166,15 +166,15 @@ class TextObjective:
         guidance = self.family.guidance if self.cfg.pool_guidance is None else self.cfg.pool_guidance
         generator = torch.Generator().manual_seed(self.cfg.seed + 1000)
         x_t, t, want, context_of = [], [], [], []
+        negative = self.family.no_negative(self.pipe, runs)  # what the pipeline guides against by default
+        if negative is None:
+            raise ConfigError(
+                f"--pool sampler: {self.family.title} takes no classifier-free guidance; use --pool noise"
+            )
         what = f"targets: {runs} sampler runs of the hard prompt per context (once, before step 1)"
         with torch.no_grad(), _bar(len(self.contexts), what, self.cfg.progress) as bar:
             for c, target in enumerate(self.targets):
                 positive = {k: v.expand(runs, *v.shape[1:]) for k, v in target.items()}
-                negative = self.family.no_negative(self.pipe, runs)
-                if negative is None:
-                    raise ConfigError(
-                        f"--pool sampler: {self.family.title} takes no classifier-free guidance; use --pool noise"
-                    )
                 run = sampled_runs(self.pipe, self.family, positive, negative, guidance, SAMPLER_STEPS, size, generator)
                 x_t.append(run.x_t)
                 t.append(run.t)
